@@ -147,6 +147,7 @@ class Journal:
         self._registered: set[str] = set()
         self._commit_lock = asyncio.Lock()
         self._disk_bytes = 0
+        self._full = False  # set when an append was refused, cleared when segments are released
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class Journal:
         return self._durable - self.cursor(name)
 
     def writable(self) -> bool:
-        return not self._closed and self._failed is None and self.bytes_used < self.max_bytes
+        return not self._closed and self._failed is None and not self._full
 
     # --- append -----------------------------------------------------------------------------
 
@@ -284,6 +285,7 @@ class Journal:
         frames = [frame(self._next + i, p) for i, p in enumerate(payloads)]
         size = sum(len(f) for f in frames)
         if self.bytes_used + size > self.max_bytes:
+            self._full = True
             raise JournalFull(self.bytes_used, self.max_bytes)
         first = self._next
         self._next += len(frames)
@@ -404,6 +406,8 @@ class Journal:
                 n += 1
             gone, self._segments = segs[:n], segs[n:]
             self._disk_bytes -= sum(seg.size for seg in gone)
+            if gone:
+                self._full = False
         for seg in gone:
             seg.path.unlink(missing_ok=True)
             log.debug("journal.segment_deleted", segment=seg.path.name, end=seg.end)
