@@ -147,7 +147,7 @@ class Journal:
         self._registered: set[str] = set()
         self._commit_lock = asyncio.Lock()
         self._disk_bytes = 0
-        self._full = False  # set when an append was refused, cleared when segments are released
+        self._full = False  # an append was refused; cleared once usage falls under 90% of the budget
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -265,7 +265,11 @@ class Journal:
         return self._durable - self.cursor(name)
 
     def writable(self) -> bool:
-        return not self._closed and self._failed is None and not self._full
+        return (
+            not self._closed
+            and self._failed is None
+            and not (self._full and self.bytes_used > self.max_bytes * 0.9)
+        )
 
     # --- append -----------------------------------------------------------------------------
 
@@ -284,6 +288,11 @@ class Journal:
             return self._next
         frames = [frame(self._next + i, p) for i, p in enumerate(payloads)]
         size = sum(len(f) for f in frames)
+        # Hysteresis: once full, refuse until consumers free 10% of the budget, so
+        # senders back off for real instead of squeezing in one small batch at a time.
+        if self._full and self.bytes_used > self.max_bytes * 0.9:
+            raise JournalFull(self.bytes_used, self.max_bytes)
+        self._full = False
         if self.bytes_used + size > self.max_bytes:
             self._full = True
             raise JournalFull(self.bytes_used, self.max_bytes)
@@ -406,8 +415,6 @@ class Journal:
                 n += 1
             gone, self._segments = segs[:n], segs[n:]
             self._disk_bytes -= sum(seg.size for seg in gone)
-            if gone:
-                self._full = False
         for seg in gone:
             seg.path.unlink(missing_ok=True)
             log.debug("journal.segment_deleted", segment=seg.path.name, end=seg.end)
