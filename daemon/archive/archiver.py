@@ -198,7 +198,10 @@ class Archiver:
             stopping = self._stopping.is_set()
             timeout = 0.0 if stopping else self._next_timeout()
             entries = await reader.read(2000, timeout=timeout)
+            kind = self.d.kind
             for offset, payload in entries:
+                if payload[0] != kind:
+                    continue  # another consumer's kind of entry: skip without decoding
                 full = self._take(decode_entry(offset, payload))
                 if full is not None:
                     await self._flush(full)
@@ -281,8 +284,10 @@ class Archiver:
         await self._store(key, batch)
         self.state.pending.pop(key, None)
         self._dirty = True
+        # One observation per ingest batch in the file (events of one request share a
+        # receive time): per-event observations would cost more than the archiving.
         now = time.time()
-        for r in batch.received:
+        for r in set(batch.received):
             self._latency.observe(max(0.0, now - r / 1000))
 
     async def _store(self, key: str, batch: _Batch) -> None:
