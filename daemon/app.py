@@ -22,6 +22,7 @@ from daemon import telemetry
 from daemon.archive.archiver import Archiver, Delivery
 from daemon.archive.tracker import quarantine_delivery, tracker_delivery
 from daemon.config import Config
+from daemon.decodepool import DecodePool, default_workers
 from daemon.intake import Intake
 from daemon.journal import Journal
 from daemon.sources.http import HttpIngest
@@ -68,6 +69,7 @@ class App:
             fsync=config.journal.fsync,
         )
         self.intake = Intake(self.journal)
+        self.decode_pool: DecodePool | None = None
         self.archivers: list[Archiver] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
@@ -111,7 +113,9 @@ class App:
         api.router.add_get("/healthz", self._healthz)
         api.router.add_get("/readyz", self._readyz)
         if c.ingest.http is not None:
-            HttpIngest(c.ingest.http, self.intake).add_routes(api)
+            workers = c.ingest.http.decode_workers
+            self.decode_pool = DecodePool(default_workers() if workers is None else workers)
+            HttpIngest(c.ingest.http, self.intake, self.decode_pool).add_routes(api)
             self.http_port = await self._listen(api, c.ingest.http.listen)
         if c.metrics.listen:
             metrics = web.Application()
@@ -197,6 +201,8 @@ class App:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.journal.close()
+        if self.decode_pool is not None:
+            self.decode_pool.close()
         for store in self.stores.values():
             with contextlib.suppress(Exception):
                 await store.close()
