@@ -6,10 +6,9 @@
 # own file over it or pass `run --config /path`. Secrets come from the environment or mounted
 # files at run time: nothing secret is baked into the image.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-
 # --- build: install the package and its dependencies into a self-contained venv -------------
-FROM ${PYTHON_IMAGE} AS build
+# Both stages use the same base so the venv's interpreter path matches.
+FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -21,7 +20,7 @@ RUN /opt/trailkeeper/bin/pip install --no-cache-dir . \
     && /opt/trailkeeper/bin/python -m compileall -q /opt/trailkeeper/lib
 
 # --- runtime: no compiler, no pip cache, no source tree --------------------------------------
-FROM ${PYTHON_IMAGE}
+FROM python:3.11-slim-bookworm
 LABEL org.opencontainers.image.title="trailkeeper" \
       org.opencontainers.image.description="Self-hosted audit-trail daemon" \
       org.opencontainers.image.licenses="Apache-2.0"
