@@ -76,3 +76,27 @@ def lint_venv() -> Path:
             unavailable(f"cannot install {CHECKOV_SPEC} into {venv}: " + " | ".join(tail))
     stamp.write_text(CHECKOV_SPEC)
     return venv
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    ins = dockerfile_instructions()
+    last_from = max(i for i, (w, _) in enumerate(ins) if w == "FROM")
+    return ins[last_from:]

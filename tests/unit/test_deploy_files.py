@@ -22,7 +22,7 @@ from daemon import telemetry
 from daemon.app import split_listen
 from daemon.config import Config, load_config, parse_config
 from daemon.units import parse_size
-from tests.deploytools import ROOT, lint_venv, promtool, tool
+from tests.deploytools import ROOT, dockerfile_instructions, final_stage, lint_venv, promtool, tool
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -45,30 +45,6 @@ def k8s_docs() -> dict[str, dict[str, Any]]:
 
 
 # --- Dockerfile -------------------------------------------------------------------------------
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    out: list[tuple[str, str]] = []
-    pending = ""
-    for raw in (ROOT / "Dockerfile").read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        line = pending + line
-        pending = ""
-        word, _, rest = line.partition(" ")
-        out.append((word.upper(), rest.strip()))
-    return out
-
-
-def final_stage() -> list[tuple[str, str]]:
-    ins = dockerfile_instructions()
-    last_from = max(i for i, (w, _) in enumerate(ins) if w == "FROM")
-    return ins[last_from:]
 
 
 def test_hadolint_passes_on_the_dockerfile() -> None:
