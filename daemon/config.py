@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from daemon.integrity.config import IntegrityConfig
 from daemon.stores import StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size
@@ -74,6 +75,8 @@ class TrackerConfig(Strict):
     store: str = "local"
     prefix: str = "trails"
     file: FileConfig = Field(default_factory=FileConfig)
+    # Merkle leaves, signed checkpoints and a digest chain for this tracker's files.
+    verify: bool = True
 
 
 class MetricsConfig(Strict):
@@ -104,6 +107,7 @@ class Config(Strict):
     trackers: list[TrackerConfig] = Field(default_factory=_default_trackers)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
 
     @model_validator(mode="after")
     def _references(self) -> Config:

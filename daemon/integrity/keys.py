@@ -129,7 +129,7 @@ class KeyStore:
         except NoteError as exc:
             raise KeyError_(f"{path}: {exc}") from exc
 
-    def keys(self) -> list[KeyInfo]:
+    def all_keys(self) -> list[KeyInfo]:
         if not self.dir.exists():
             return []
         active = self._active_id()
@@ -142,7 +142,7 @@ class KeyStore:
 
     def verifiers(self) -> list[Verifier]:
         """Every public key, retired ones included."""
-        return [parse_vkey(k.vkey) for k in self.keys()]
+        return [parse_vkey(k.vkey) for k in self.all_keys()]
 
 
 def load_verifiers(sources: list[str]) -> list[Verifier]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from daemon.archive.archiver import StoredFile
 from daemon.integrity import merkle
 from daemon.telemetry import get_logger
 
@@ -216,6 +217,18 @@ class IntegrityRecorder:
                 await asyncio.to_thread(t.load_sync)
                 self._trees[tracker] = t
             return t
+
+    async def on_stored(self, stored: StoredFile) -> None:
+        """The archiver listener form of ``file_stored``."""
+        await self.file_stored(
+            stored.delivery,
+            stored.key,
+            stored.sha256,
+            stored.size,
+            stored.records,
+            stored.oldest_time,
+            stored.newest_time,
+        )
 
     async def file_stored(
         self,
