@@ -16,12 +16,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from integrity_harness import build_archive  # noqa: E402
+from integrity_harness import build_archive
 
-from daemon.cli import main  # noqa: E402
-from daemon.integrity.checkpoint import Signer  # noqa: E402
-from daemon.integrity.digest import sign_digest  # noqa: E402
-from daemon.integrity.keys import KeyStore  # noqa: E402
+from daemon.cli import main
+from daemon.integrity.digest import sign_digest
+from daemon.integrity.keys import KeyStore
 
 pytestmark = pytest.mark.integration
 
@@ -222,7 +221,7 @@ def test_inclusion_proof_verifies_independently(arch: Path, capsys: pytest.Captu
     assert sn == 0
     # The checkpoint, read as a C2SP signed note with nothing but `cryptography`.
     text, _, sigs = proof["checkpoint"].partition("\n\n")
-    origin, size, root_b64 = text.split("\n")[:3]
+    _origin, size, root_b64 = text.split("\n")[:3]
     assert r == base64.b64decode(root_b64) and int(size) == proof["tree_size"]
     vkey = (arch / "keys" / next((arch / "keys").glob("*.vkey")).name).read_text().strip()
     name, kid_hex, key_b64 = vkey.split("+", 2)
