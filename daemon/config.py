@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from daemon.integrity.config import IntegrityConfig
 from daemon.stores import StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size
@@ -104,6 +105,8 @@ class TrackerConfig(Strict):
     """Key prefix: <prefix>/<tracker>/<tenant>/<region>/YYYY/MM/DD/..."""
     file: FileConfig = Field(default_factory=FileConfig)
     """When files close and how they are compressed."""
+    verify: bool = True
+    """Sign this tracker's files: Merkle leaves, signed checkpoints and a digest chain."""
 
 
 class MetricsConfig(Strict):
@@ -150,6 +153,8 @@ class Config(Strict):
     """Prometheus metrics endpoint."""
     log: LogConfig = Field(default_factory=LogConfig)
     """Structured logging."""
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
+    """Signing keys and digest chains that make the archive tamper-evident."""
 
     @model_validator(mode="after")
     def _references(self) -> Config:
