@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from daemon import __version__
+from daemon import __version__, configdoc
 from daemon.config import ConfigError, load_config
 from daemon.telemetry import configure_logging
 
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     from daemon.integrity import cli as integrity_cli
 
     integrity_cli.register(sub)
+    configdoc.register(sub)
     return parser
 
 
