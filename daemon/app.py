@@ -206,7 +206,7 @@ class App:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.integrity is not None:
             # After the archivers: the chain-end digest must list their last files.
-            await self.integrity.stop()
+            await self.integrity.stop(grace)
         await self.journal.close()
         if self.decode_pool is not None:
             self.decode_pool.close()

@@ -327,6 +327,18 @@ def stale(path: Path) -> str | None:
     return None
 
 
+def write(path: Path) -> None:
+    """Regenerate ``path``: its marked section if it has the markers, else the whole file."""
+    current = render()
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if readme_section(text) is None:
+        path.write_text(current, encoding="utf-8")
+        return
+    head, rest = text.split(START_MARKER, 1)
+    tail = rest.split(END_MARKER, 1)[1]
+    path.write_text(f"{head}{START_MARKER}\n{current}{END_MARKER}{tail}", encoding="utf-8")
+
+
 def _cmd(args: argparse.Namespace) -> int:
     missing = undocumented()
     if missing:
@@ -335,6 +347,10 @@ def _cmd(args: argparse.Namespace) -> int:
             + ", ".join(missing),
             file=sys.stderr,
         )
+    if args.write:
+        for f in args.write:
+            write(Path(f))
+        return 1 if missing else 0
     if args.check:
         problems = [p for p in (stale(Path(f)) for f in args.check) if p]
         for p in problems:
@@ -355,5 +371,11 @@ def register(subparsers: Any) -> None:
         nargs="+",
         metavar="FILE",
         help="exit 1 if FILE (a whole file, or a README's marked section) is not current",
+    )
+    parser.add_argument(
+        "--write",
+        nargs="+",
+        metavar="FILE",
+        help="regenerate FILE in place (a README's marked section, or the whole file)",
     )
     parser.set_defaults(func=_cmd)

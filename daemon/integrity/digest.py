@@ -153,26 +153,48 @@ class DigestWriter:
         self.clock = clock
         self.state = _ChainState(tree.dir / "chain.json")
         self._stop = asyncio.Event()
+        self._deadline: float | None = None
+        self._last_report = 0.0
         self._started = False
         self._interval_start = 0.0
 
     async def start(self) -> None:
-        """Load the chain state and finish a digest left pending by a crash."""
+        """Load the chain state. Never waits on the store: ``run`` finishes pending work."""
         await asyncio.to_thread(self.state.load_sync)
-        pending = self.state.doc.get("pending")
-        if pending:
-            await self._put(pending["key"], base64.b64decode(pending["data"]))
-            self._commit(pending["key"], base64.b64decode(pending["data"]))
-            await asyncio.to_thread(self.state.save_sync)
         # A new process always starts a new chain; it links back to the last digest,
         # whether the previous chain ended cleanly or not.
         self.state.doc["in_chain"] = False
         self._interval_start = self.clock()
         self._started = True
 
+    async def _finish_pending(self) -> None:
+        """Put a digest left pending by a crash or a failed stop: the same bytes, the same key."""
+        pending = self.state.doc.get("pending")
+        if pending:
+            data = base64.b64decode(pending["data"])
+            await self._put(pending["key"], data)
+            self._commit(pending["key"], data)
+            await asyncio.to_thread(self.state.save_sync)
+
     async def run(self) -> None:
+        """Emit digests every interval until ``stop``, then the chain-end digest.
+
+        If the store stays down past the stop deadline, the unfinished digest stays
+        pending in the local state and is put on the next start.
+        """
         if not self._started:
             await self.start()
+        try:
+            await self._finish_pending()
+            await self._loop()
+        except _GiveUp:
+            log.warning(
+                "integrity.stop_incomplete",
+                tracker=self.tracker,
+                detail="the store is down; the pending digest is written on the next start",
+            )
+
+    async def _loop(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
@@ -181,8 +203,10 @@ class DigestWriter:
             await self.emit(end_chain=False)
         await self.emit(end_chain=True)
 
-    def stop(self) -> None:
-        """Ask ``run`` to write the chain-end digest and return."""
+    def stop(self, deadline: float | None = None) -> None:
+        """Ask ``run`` to write the chain-end digest and return; give up after ``deadline`` s."""
+        if deadline is not None:
+            self._deadline = time.monotonic() + deadline
         self._stop.set()
 
     async def emit(self, *, end_chain: bool) -> str:
@@ -258,8 +282,26 @@ class DigestWriter:
                 await self.store.put(key, data)
                 return
             except StoreError as exc:
-                log.error("integrity.digest_store_failed", tracker=self.tracker, key=key, error=str(exc))
-                if not exc.retryable:
-                    raise
-                await asyncio.sleep(delay)
+                # Once a minute, not on every retry: a dead store must not flood the log.
+                if time.monotonic() - self._last_report >= 60.0:
+                    self._last_report = time.monotonic()
+                    log.error(
+                        "integrity.digest_store_failed",
+                        tracker=self.tracker,
+                        key=key,
+                        error=str(exc),
+                        detail="retrying; the digest stays pending locally until the store takes it",
+                    )
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    raise _GiveUp() from exc
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                    if self._deadline is not None:
+                        await asyncio.sleep(min(delay, 0.5))
+                except TimeoutError:
+                    pass
                 delay = min(delay * 2, 30.0)
+
+
+class _GiveUp(Exception):
+    """Stop was requested and the store stayed down past the deadline."""

@@ -64,10 +64,10 @@ class Integrity:
     def listeners(self, delivery: str) -> list[Listener]:
         return [self.recorder.on_stored] if delivery in self.writers else []
 
-    async def stop(self) -> None:
-        """Write each chain's end digest (retrying a failing store) and return."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Write each chain's end digest, retrying a failing store for up to ``grace`` s."""
         for dw in self.writers.values():
-            dw.stop()
+            dw.stop(grace)
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
