@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from daemon.rules.config import RulesConfig
 from daemon.stores import StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size
@@ -101,6 +102,7 @@ class Config(Strict):
     stores: dict[str, StoreConfig] = Field(default_factory=_default_stores)
     quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
     trackers: list[TrackerConfig] = Field(default_factory=_default_trackers)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
