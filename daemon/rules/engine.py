@@ -12,15 +12,18 @@ Each rule is filed once, under the most selective thing its pattern pins down:
    for events that lack it, which is most of them;
 6. otherwise the fallback set, tried on every event.
 
-The candidates for an event depend only on a short key built from those fields,
-so they are computed once per distinct key and cached. The cost per event is a
-key lookup plus the candidates' residual checks, whatever the number of rules.
-Where the index already guarantees ``service`` and ``operation``, the residual
-pattern omits them; a rule whose whole pattern is that pair costs nothing more.
+The candidates for an event depend only on a key made of its low-cardinality
+canonical fields (service, operation, code, user_type, trace_type, rating,
+format), so they are computed once per distinct key and cached. Better still, a
+rule that reads nothing but those fields has the same outcome for every event
+with that key: it is decided when the cache entry is filled. What remains per
+event is one key lookup plus the checks of rules that look at other fields or
+into the raw record (a handful), whatever the number of rules.
 """
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,10 +37,18 @@ from daemon.telemetry import RULE_MATCH_SECONDS, RULE_MATCHES, RULES_LOADED
 # Fields worth indexing by exact value when a rule names no operation or service:
 # they take few distinct values, so the candidate cache stays small.
 _SECONDARY_FIELDS: Final[tuple[str, ...]] = ("user_type", "trace_type", "rating", "format")
+# Fields whose values make up the cache key: few distinct values each in real traffic.
+_KEY_FIELDS: Final[tuple[str, ...]] = (
+    "service", "operation", "code", "user_type", "trace_type", "rating", "format",
+)
+_KEY_SET: Final = frozenset(_KEY_FIELDS)
 # Distinct candidate keys kept before the cache is cleared (random operation names
 # from a noisy client must not grow memory without bound).
 _CACHE_LIMIT: Final = 65_536
 _EMPTY: Final[dict[str, Any]] = {}
+# One event in TIMING_SAMPLE is timed into the histogram; counts flush every FLUSH_EVERY.
+TIMING_SAMPLE: Final = 16
+FLUSH_EVERY: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +56,8 @@ class _Candidate:
     order: int
     residual: Pattern | None  # None: the index alone proves the match
     uses_record: bool
+    static: bool  # the outcome depends on key fields only: decided once per cache key
     match: Match
-    counter: Any  # the rule's pre-bound metrics child
 
 
 def _exact_strings(pattern: Pattern, key: str) -> frozenset[str] | None:
@@ -92,22 +103,37 @@ class RuleEngine:
         self._secondary: dict[str, dict[str, list[_Candidate]]] = {}
         self._guarded: dict[str, list[_Candidate]] = {}
         self._fallback: list[_Candidate] = []
+        self._static_fields: set[str] = set()
         for order, rule in enumerate(self.rules):
             self._file(order, rule)
         self._secondary_fields = tuple(f for f in _SECONDARY_FIELDS if f in self._secondary)
         self._guard_fields = tuple(sorted(self._guarded))
+        # Guard fields outside the key: their presence must be part of the key.
+        self._extra_guards = tuple(f for f in self._guard_fields if f not in _KEY_SET)
+        # Only the key fields some rule depends on: a shorter key is cheaper to build.
+        used = {"service", "operation", *self._secondary_fields, *self._guard_fields}
+        used |= self._static_fields
+        self._key_fields = tuple(f for f in _KEY_FIELDS if f in used)
+        # itemgetter of two or more fields returns a tuple, which is the key.
+        self._getter = operator.itemgetter(*self._key_fields)
         self._cache: dict[tuple[Any, ...], tuple[_Candidate, ...]] = {}
+        self._seen = 0
+        self._pending = [0] * len(self.rules)
+        self._counters: list[Any] = [
+            RULE_MATCHES.labels(rule=r.id, category=r.category) if metrics else None
+            for r in self.rules
+        ]
         if metrics:
             RULES_LOADED.set(len(self.rules))
 
     # --- building ---------------------------------------------------------------------------
 
     def _candidate(self, order: int, rule: Rule, residual: Pattern | None) -> _Candidate:
-        counter = (
-            RULE_MATCHES.labels(rule=rule.id, category=rule.category) if self._metrics else None
-        )
         uses_record = residual is not None and residual.uses_record
-        return _Candidate(order, residual, uses_record, rule.match, counter)
+        static = residual is None or (not uses_record and residual.fields <= _KEY_SET)
+        if static and residual is not None:
+            self._static_fields |= residual.fields
+        return _Candidate(order, residual, uses_record, static, rule.match)
 
     def _file(self, order: int, rule: Rule) -> None:
         pattern = rule.pattern
@@ -195,19 +221,32 @@ class RuleEngine:
             if canonical.get(field) is not None:
                 add(self._guarded[field])
         add(self._fallback)
-        result = tuple(found[k] for k in sorted(found))
+        result: list[_Candidate] = []
+        for k in sorted(found):
+            cand = found[k]
+            if not cand.static:
+                result.append(cand)
+            elif cand.residual is None or cand.residual.matches(canonical, _EMPTY):
+                # Decided for every event with this key: keep it with nothing left to check.
+                result.append(_Candidate(k, None, False, True, cand.match))
+        return self._remember(key, tuple(result))
+
+    def _remember(
+        self, key: tuple[Any, ...], result: tuple[_Candidate, ...]
+    ) -> tuple[_Candidate, ...]:
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = result
         return result
 
     def _key(self, canonical: Mapping[str, Any]) -> tuple[Any, ...]:
-        get = canonical.get
-        key: tuple[Any, ...] = (get("service"), get("operation"))
-        if self._secondary_fields:
-            key += tuple(get(f) for f in self._secondary_fields)
-        if self._guard_fields:
-            key += tuple(get(f) is not None for f in self._guard_fields)
+        try:
+            key: tuple[Any, ...] = self._getter(canonical)
+        except KeyError:  # canonical dicts normally carry every field; tolerate partial ones
+            key = tuple(map(canonical.get, self._key_fields))
+        if self._extra_guards:
+            get = canonical.get
+            key += tuple(get(f) is not None for f in self._extra_guards)
         return key
 
     def match_fields(
@@ -231,15 +270,24 @@ class RuleEngine:
 
         The raw record is parsed only when a candidate rule looks into it. Never
         raises for event content: a record that is not a JSON object is matched as
-        an empty one.
+        an empty one. Match counts reach the metrics in batches (``flush_metrics``);
+        the time histogram samples one event in ``TIMING_SAMPLE``, because
+        observing every event would cost more than matching it.
         """
-        start = time.perf_counter()
+        self._seen += 1
+        timed = self._metrics and not self._seen % TIMING_SAMPLE
+        start = time.perf_counter() if timed else 0.0
         canonical = event.canonical
         key = self._key(canonical)
         cands = self._cache.get(key)
         if cands is None:
             cands = self._candidates(canonical, key)
         out: list[Match] = []
+        if not cands:
+            if timed:
+                self._timed(start)
+            return out
+        pending = self._pending
         record: Mapping[str, Any] | None = None
         for cand in cands:
             residual = cand.residual
@@ -253,11 +301,30 @@ class RuleEngine:
                 if not ok:
                     continue
             out.append(cand.match)
-            if cand.counter is not None:
-                cand.counter.inc()
-        if self._metrics:
-            RULE_MATCH_SECONDS.observe(time.perf_counter() - start)
+            pending[cand.order] += 1
+        if timed:
+            self._timed(start)
         return out
+
+    def _timed(self, start: float) -> None:
+        RULE_MATCH_SECONDS.observe(time.perf_counter() - start)
+        # FLUSH_EVERY is a multiple of TIMING_SAMPLE, so this runs on a timed event.
+        if not self._seen % FLUSH_EVERY:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Add the match counts gathered since the last flush to the metrics.
+
+        Called every ``FLUSH_EVERY`` events by ``match``; call it when a batch ends
+        or before stopping so that no count is left behind.
+        """
+        if not self._metrics:
+            return
+        pending = self._pending
+        for order, n in enumerate(pending):
+            if n:
+                self._counters[order].inc(n)
+                pending[order] = 0
 
     def index_stats(self) -> dict[str, int]:
         """How the rules were filed; for ``rules list`` and the benchmark."""

@@ -446,9 +446,10 @@ class Pattern:
     Construction raises PatternError naming the offending key.
     """
 
-    __slots__ = ("_canon", "_ors", "_record", "leaves", "source", "uses_record")
+    __slots__ = ("_canon", "_ors", "_record", "fields", "leaves", "source", "uses_record")
 
     uses_record: bool
+    fields: frozenset[str]
 
     def __init__(self, pattern: Mapping[str, Any], path: str = "match") -> None:
         if not isinstance(pattern, Mapping):
@@ -484,7 +485,9 @@ class Pattern:
         self._ors = tuple(ors)
         self._record = record
         self.leaves: dict[str, _LeafInfo] = {k: leaf.info for k, leaf in canon}
-        self.uses_record: bool = record is not None or any(p.uses_record for b in ors for p in b)
+        self.uses_record = record is not None or any(p.uses_record for b in ors for p in b)
+        # Canonical fields the pattern reads, $or branches included.
+        self.fields = frozenset(k for k, _ in canon).union(*(p.fields for b in ors for p in b))
 
     @property
     def or_branches(self) -> tuple[tuple[Pattern, ...], ...]:
