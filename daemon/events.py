@@ -203,9 +203,13 @@ def _normalise_time(value: Any) -> str | None:
             return None
     if not isinstance(value, str) or not value:
         return None
+    # CloudTrail's own shape, 2024-07-31T14:23:46Z, is by far the most common: skip datetime.
+    if len(value) == 20 and value[10] == "T" and value[19] == "Z" and value[4] == "-" and value[13] == ":":
+        return value[:19] + ".000Z"
     text = value.strip()
     if text.isdigit():
         return _normalise_time(int(text))
+    parsed: dt.datetime | None
     try:
         parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -217,8 +221,8 @@ def _normalise_time(value: Any) -> str | None:
                 break
             except ValueError:
                 continue
-        if parsed is None:
-            return None
+    if parsed is None:
+        return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     parsed = parsed.astimezone(dt.UTC)
@@ -282,16 +286,24 @@ _RESOURCE_NAME_KEYS = (
 )
 
 
+_RESOURCE_RANK = {k: i for i, k in enumerate(_RESOURCE_NAME_KEYS)}
+
+
 def _cloudtrail_resource_name(rec: dict[str, Any]) -> str | None:
     params = rec.get("requestParameters")
     if not isinstance(params, dict):
         return None
-    for key in _RESOURCE_NAME_KEYS:
-        value = params.get(key)
-        if value not in (None, "", [], {}):
-            if isinstance(value, list):
-                value = value[0]
-            return _s(value)
+    # Walk the call's own (few) parameters rather than every known key.
+    best: tuple[int, Any] | None = None
+    for key, value in params.items():
+        rank = _RESOURCE_RANK.get(key)
+        if rank is not None and value not in (None, "", [], {}) and (best is None or rank < best[0]):
+            best = (rank, value)
+    if best is not None:
+        value = best[1]
+        if isinstance(value, list):
+            value = value[0]
+        return _s(value)
     items = _get(params, "instancesSet", "items")
     if isinstance(items, list) and items and isinstance(items[0], dict):
         return _s(items[0].get("instanceId"))
@@ -314,8 +326,8 @@ def content_id(obj: Any) -> str:
 
 def canonical_cloudtrail(rec: dict[str, Any]) -> Canonical | str:
     """Canonical fields of a CloudTrail record, or the reason it cannot identify itself."""
-    missing = [k for k in ("eventSource", "eventName") if not rec.get(k)]
-    if missing:
+    if not rec.get("eventSource") or not rec.get("eventName"):
+        missing = [k for k in ("eventSource", "eventName") if not rec.get(k)]
         return f"CloudTrail record lacks {', '.join(missing)}"
     ident = rec.get("userIdentity") if isinstance(rec.get("userIdentity"), dict) else {}
     assert isinstance(ident, dict)
@@ -363,8 +375,8 @@ def _cts_rating(trace: dict[str, Any]) -> str:
 
 def canonical_cts(trace: dict[str, Any]) -> Canonical | str:
     """Canonical fields of a CTS trace, or the reason it cannot identify itself."""
-    missing = [k for k in ("service_type", "trace_name") if not trace.get(k)]
-    if missing:
+    if not trace.get("service_type") or not trace.get("trace_name"):
+        missing = [k for k in ("service_type", "trace_name") if not trace.get(k)]
         return f"CTS trace lacks {', '.join(missing)}"
     user = trace.get("user") if isinstance(trace.get("user"), dict) else {}
     assert isinstance(user, dict)
@@ -452,9 +464,7 @@ class Decoder:
                 continue
             yield from self._expand(value, index, received, raw=stripped)
 
-    def _expand(
-        self, value: Any, index: int, received: int, raw: bytes | None
-    ) -> Iterator[Event | Rejected]:
+    def _expand(self, value: Any, index: int, received: int, raw: bytes | None) -> Iterator[Event | Rejected]:
         """Flatten arrays, envelopes and CloudEvents into records, then check each."""
         if isinstance(value, list):
             for i, item in enumerate(value):
@@ -484,15 +494,17 @@ class Decoder:
             return
         yield self._check(value, index, received, raw)
 
-    def _check(
-        self, obj: dict[str, Any], index: int, received: int, raw: bytes | None
-    ) -> Event | Rejected:
+    def _check(self, obj: dict[str, Any], index: int, received: int, raw: bytes | None) -> Event | Rejected:
         record = raw if raw is not None and b"\r" not in raw else _dumps_compact(obj)
         if len(record) > self.max_event_bytes:
             return Rejected(index, REASON_TOO_LARGE, self._too_large(len(record)), record)
         canonical = canonicalise(obj)
         if isinstance(canonical, str):
-            reason = REASON_MISSING_FIELDS if is_cloudtrail_record(obj) or is_cts_trace(obj) else REASON_UNKNOWN_FORMAT
+            reason = (
+                REASON_MISSING_FIELDS
+                if is_cloudtrail_record(obj) or is_cts_trace(obj)
+                else REASON_UNKNOWN_FORMAT
+            )
             return Rejected(index, reason, canonical, record)
         if canonical["time"] is None:
             canonical["time"] = _iso_ms(received)
