@@ -31,7 +31,6 @@ from daemon.rules.model import Rule
 from daemon.rules.pattern import Pattern
 
 
-
 def _data_dir() -> Path:
     """The shared test data: $TRAILKEEPER_DATA, else the nearest ancestor's shared/data."""
     env = os.environ.get("TRAILKEEPER_DATA")
