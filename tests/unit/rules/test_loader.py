@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ disable: [cis.4.1-unauthorized-api-calls]
 
 
 def test_unknown_disable_and_unreadable_file_are_errors(tmp_path: Path) -> None:
-    with pytest.raises(RuleLoadError, match="rules.disable: disable: no rule with id 'nope'"):
+    with pytest.raises(RuleLoadError, match=re.escape("rules.disable: disable: no rule with id 'nope'")):
         load_rules(RulesConfig(disable=["nope"]))
     with pytest.raises(RuleLoadError, match="cannot read the rule file"):
         load_rules(RulesConfig(files=[tmp_path / "missing.yaml"]))

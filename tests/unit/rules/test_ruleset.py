@@ -45,7 +45,7 @@ def failed_reloads() -> float:
 def test_bad_rules_at_start_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(BAD)
-    with pytest.raises(RuleLoadError, match="t.broken"):
+    with pytest.raises(RuleLoadError, match=r"t\.broken"):
         RuleSet(RulesConfig(builtin=False, files=[path]), metrics=False)
 
 
