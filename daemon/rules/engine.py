@@ -326,6 +326,17 @@ class RuleEngine:
                 self._counters[order].inc(n)
                 pending[order] = 0
 
+    def checks_for(self, canonical: Mapping[str, Any]) -> int:
+        """How many rules are still checked one by one for an event with these fields.
+
+        Diagnostics and the benchmark: the per-event work beyond the key lookup.
+        """
+        key = self._key(canonical)
+        cands = self._cache.get(key)
+        if cands is None:
+            cands = self._candidates(canonical, key)
+        return sum(1 for c in cands if c.residual is not None)
+
     def index_stats(self) -> dict[str, int]:
         """How the rules were filed; for ``rules list`` and the benchmark."""
         return {
