@@ -81,3 +81,20 @@ async def test_async_reload_keeps_old_rules_on_bad(tmp_path: Path) -> None:
     path.write_text(V2)
     assert await rs.reload_async() is True
     assert ids(rs, "DeleteTrail") == ["t.two"]
+
+
+def test_counts_of_the_old_rules_are_kept_across_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(V1.replace("t.one", "t.counted").replace("high_risk", "reload_test"))
+    rs = RuleSet(RulesConfig(builtin=False, files=[path]))
+
+    def count() -> float:
+        labels = {"rule": "t.counted", "category": "reload_test"}
+        return REGISTRY.get_sample_value("trailkeeper_rule_matches_total", labels) or 0.0
+
+    before = count()
+    for _ in range(5):
+        rs.match(ev("StopLogging"))
+    path.write_text(V2)
+    assert rs.reload() is True
+    assert count() == before + 5
