@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from daemon.integrity.config import IntegrityConfig
+from daemon.rules.config import RulesConfig
 from daemon.stores import StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size
@@ -149,6 +150,8 @@ class Config(Strict):
     """Where rejected input is kept."""
     trackers: list[TrackerConfig] = Field(default_factory=_default_trackers)
     """Trackers: each delivers the events it selects as files to a store."""
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    """Key-operation classification: built-in packs, rule files, disabled rule ids."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     """Prometheus metrics endpoint."""
     log: LogConfig = Field(default_factory=LogConfig)

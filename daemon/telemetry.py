@@ -171,6 +171,32 @@ QUARANTINE_STORED = Counter(
 )
 
 
+# --- rules ----------------------------------------------------------------------------------
+# Rule ids and categories come from rule files, not from events, so they stay bounded.
+RULE_MATCHES = Counter(
+    "trailkeeper_rule_matches_total",
+    "Events matched by a classification rule, by rule id and category.",
+    ["rule", "category"],
+    registry=REGISTRY,
+)
+RULE_MATCH_SECONDS = Histogram(
+    "trailkeeper_rule_match_seconds",
+    "Time to classify one event against every loaded rule.",
+    buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 1e-3, 1e-2),
+    registry=REGISTRY,
+)
+RULES_LOADED = Gauge(
+    "trailkeeper_rules_loaded", "Classification rules in force, after overrides and disables.",
+    registry=REGISTRY,
+)
+RULES_RELOADS = Counter(
+    "trailkeeper_rules_reloads_total",
+    "Rule reloads by result (ok, failed); a failed reload keeps the rules in force.",
+    ["result"],
+    registry=REGISTRY,
+)
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """structlog to stderr: JSON lines in production, one event name per line."""
     renderer: Any = (
