@@ -20,12 +20,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon import telemetry
 from daemon.archive.archiver import Archiver, Delivery
-from daemon.archive.tracker import quarantine_delivery, tracker_delivery
-from daemon.config import Config
+from daemon.archive.tracker import quarantine_delivery, tracker_delivery, tracker_filter
+from daemon.config import Config, ConfigError, load_config
 from daemon.decodepool import DecodePool, default_workers
 from daemon.intake import Intake
 from daemon.integrity.runtime import Integrity
 from daemon.journal import Journal
+from daemon.rules.ruleset import RuleSet
 from daemon.sources.http import HttpIngest
 from daemon.stores import build_store
 from daemon.stores.base import Store, StoreError
@@ -59,8 +60,11 @@ def resolve_writer_id(config: Config) -> str:
 class App:
     """The running daemon. ``start`` then ``stop``; or ``serve`` until a signal."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        """Build the components. Raises RuleLoadError when the rules are bad."""
         self.config = config
+        self.config_path = config_path
+        self.rules = RuleSet(config.rules)
         self.writer_id = ""
         self.stores: dict[str, Store] = {}
         self.journal = Journal(
@@ -77,6 +81,7 @@ class App:
         self._runners: list[web.AppRunner] = []
         self._stop_requested = asyncio.Event()
         self._signals = 0
+        self._reloads: set[asyncio.Task[bool]] = set()
         self.http_port: int | None = None
         self.metrics_port: int | None = None
 
@@ -86,7 +91,9 @@ class App:
         c = self.config
         out = [quarantine_delivery(c.quarantine, self.stores[c.quarantine.store], self.writer_id)]
         for tracker in c.trackers:
-            out.append(tracker_delivery(tracker, self.stores[tracker.store], self.writer_id))
+            out.append(
+                tracker_delivery(tracker, self.stores[tracker.store], self.writer_id, tracker_filter(tracker))
+            )
         return out
 
     async def start(self) -> None:
@@ -195,6 +202,25 @@ class App:
         log.info("app.stopping", signal=signal.Signals(signum).name)
         self.request_stop()
 
+    def _on_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> bool:
+        """Re-read the config file and swap in its rules (SIGHUP).
+
+        Never raises: a bad config or bad rules are logged and the ones in force stay.
+        Components other than the rules keep the config they started with.
+        """
+        log.info("app.reloading", config=self.config_path or "embedded default")
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("app.reload_failed", problems=exc.problems, action="fix the file and send SIGHUP again")
+            return False
+        return await self.rules.reload_async(config.rules)
+
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop intake, store open files (waiting up to ``grace`` s for a failing store), close."""
         for runner in self._runners:
@@ -213,6 +239,7 @@ class App:
         for store in self.stores.values():
             with contextlib.suppress(Exception):
                 await store.close()
+        self.rules.flush_metrics()
         log.info("app.stopped", end_offset=self.journal.end_offset)
 
     async def serve(self) -> None:
@@ -220,6 +247,7 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         try:
             await self.start()
             await self._stop_requested.wait()

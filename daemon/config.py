@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.integrity.config import IntegrityConfig
 from daemon.rules.config import RulesConfig
@@ -108,6 +108,20 @@ class TrackerConfig(Strict):
     """When files close and how they are compressed."""
     verify: bool = True
     """Sign this tracker's files: Merkle leaves, signed checkpoints and a digest chain."""
+    filter: dict[str, Any] | None = None
+    """An event pattern (the rules' language) selecting this tracker's events; null: all events."""
+
+    @field_validator("filter")
+    @classmethod
+    def _pattern(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from daemon.rules.pattern import Pattern, PatternError
+
+            try:
+                Pattern(value, path="filter")
+            except PatternError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
 
 
 class MetricsConfig(Strict):

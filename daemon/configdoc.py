@@ -343,8 +343,7 @@ def _cmd(args: argparse.Namespace) -> int:
     missing = undocumented()
     if missing:
         print(
-            "keys without a description (add an attribute docstring in the model): "
-            + ", ".join(missing),
+            "keys without a description (add an attribute docstring in the model): " + ", ".join(missing),
             file=sys.stderr,
         )
     if args.write:

@@ -186,7 +186,8 @@ RULE_MATCH_SECONDS = Histogram(
     registry=REGISTRY,
 )
 RULES_LOADED = Gauge(
-    "trailkeeper_rules_loaded", "Classification rules in force, after overrides and disables.",
+    "trailkeeper_rules_loaded",
+    "Classification rules in force, after overrides and disables.",
     registry=REGISTRY,
 )
 RULES_RELOADS = Counter(
