@@ -84,6 +84,6 @@ async def test_daemon_refuses_to_start_with_bad_rules(tmp_path: Path, daemon_pro
     rules_file = tmp_path / "site-rules.yaml"
     rules_file.write_text(BAD)
     d = daemon_process(rules=f"rules: {{files: [{rules_file}]}}\n")
-    with pytest.raises(RuntimeError, match="local.broken"):
+    with pytest.raises(RuntimeError, match=r"local\.broken"):
         d.start()
     assert d.proc is not None and d.proc.wait(5) == 2
