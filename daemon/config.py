@@ -33,6 +33,7 @@ class HttpIngestConfig(Strict):
     max_event_bytes: Size = 262_144
     max_body_bytes: Size = 32 * 1024 * 1024
     retry_after: Duration = 5.0
+    tokens: list[str] = Field(default_factory=list)
 
 
 class IngestConfig(Strict):

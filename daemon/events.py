@@ -206,6 +206,7 @@ def _normalise_time(value: Any) -> str | None:
     text = value.strip()
     if text.isdigit():
         return _normalise_time(int(text))
+    parsed: dt.datetime | None
     try:
         parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -217,8 +218,8 @@ def _normalise_time(value: Any) -> str | None:
                 break
             except ValueError:
                 continue
-        if parsed is None:
-            return None
+    if parsed is None:
+        return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     parsed = parsed.astimezone(dt.UTC)
@@ -452,9 +453,7 @@ class Decoder:
                 continue
             yield from self._expand(value, index, received, raw=stripped)
 
-    def _expand(
-        self, value: Any, index: int, received: int, raw: bytes | None
-    ) -> Iterator[Event | Rejected]:
+    def _expand(self, value: Any, index: int, received: int, raw: bytes | None) -> Iterator[Event | Rejected]:
         """Flatten arrays, envelopes and CloudEvents into records, then check each."""
         if isinstance(value, list):
             for i, item in enumerate(value):
@@ -484,15 +483,17 @@ class Decoder:
             return
         yield self._check(value, index, received, raw)
 
-    def _check(
-        self, obj: dict[str, Any], index: int, received: int, raw: bytes | None
-    ) -> Event | Rejected:
+    def _check(self, obj: dict[str, Any], index: int, received: int, raw: bytes | None) -> Event | Rejected:
         record = raw if raw is not None and b"\r" not in raw else _dumps_compact(obj)
         if len(record) > self.max_event_bytes:
             return Rejected(index, REASON_TOO_LARGE, self._too_large(len(record)), record)
         canonical = canonicalise(obj)
         if isinstance(canonical, str):
-            reason = REASON_MISSING_FIELDS if is_cloudtrail_record(obj) or is_cts_trace(obj) else REASON_UNKNOWN_FORMAT
+            reason = (
+                REASON_MISSING_FIELDS
+                if is_cloudtrail_record(obj) or is_cts_trace(obj)
+                else REASON_UNKNOWN_FORMAT
+            )
             return Rejected(index, reason, canonical, record)
         if canonical["time"] is None:
             canonical["time"] = _iso_ms(received)

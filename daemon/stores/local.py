@@ -7,9 +7,9 @@ import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from daemon.stores.base import (
     ObjectConflict,
@@ -22,13 +22,20 @@ from daemon.stores.base import (
 )
 
 
+def _file_mode(value: object) -> object:
+    # YAML 1.1 reads 0444 as octal but 0o444 as a string: accept both spellings.
+    if isinstance(value, str):
+        return int(value, 8)
+    return value
+
+
 class LocalStoreConfig(BaseModel):
     """A directory on local disk (the embedded default)."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["local"] = "local"
     path: Path = Path("var/archive")
-    file_mode: int = 0o444
+    file_mode: Annotated[int, BeforeValidator(_file_mode)] = 0o444
     fsync: bool = True
 
 

@@ -1,0 +1,1 @@
+"""Archive: trackers select events and deliver them as batched files to a store."""

@@ -1,0 +1,59 @@
+"""Deterministic, time-partitioned archive keys, like CloudTrail's.
+
+``<prefix>/<tracker>/<tenant>/<region>/YYYY/MM/DD/<writer>_<tracker>_<YYYYMMDDTHHMMZ>_<first>-<last>.json.gz``
+
+The time is the journal receive time of the file's first event and the range is
+its journal offsets, so re-delivering the same batch after a crash writes the
+same key instead of a duplicate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import NamedTuple
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
+UNKNOWN = "_unknown"
+
+
+def safe_segment(value: str | None) -> str:
+    """Make an opaque value (tenant, region) safe as one key segment, keeping it readable."""
+    if not value:
+        return UNKNOWN
+    cleaned = _UNSAFE.sub("_", value)[:128]
+    if cleaned in (".", ".."):
+        cleaned = cleaned.replace(".", "_")
+    return cleaned
+
+
+class Partition(NamedTuple):
+    tenant: str
+    region: str
+    day: str  # YYYY/MM/DD
+
+
+def partition_of(tenant: str | None, region: str | None, received_ms: int) -> Partition:
+    t = dt.datetime.fromtimestamp(received_ms / 1000, tz=dt.UTC)
+    return Partition(safe_segment(tenant), safe_segment(region), t.strftime("%Y/%m/%d"))
+
+
+def file_key(
+    prefix: str,
+    tracker: str,
+    writer: str,
+    part: Partition,
+    first_received_ms: int,
+    first: int,
+    last: int,
+    extension: str = "json.gz",
+    tracker_dir: bool = True,
+) -> str:
+    stamp = dt.datetime.fromtimestamp(first_received_ms / 1000, tz=dt.UTC).strftime("%Y%m%dT%H%MZ")
+    name = f"{writer}_{tracker}_{stamp}_{first:020d}-{last:020d}.{extension}"
+    parts = [
+        p
+        for p in (prefix.strip("/"), tracker if tracker_dir else "", part.tenant, part.region, part.day, name)
+        if p
+    ]
+    return "/".join(parts)

@@ -1,0 +1,77 @@
+"""Intake: the one path from any source into the journal.
+
+Accepted events and rejected items (bound for the quarantine) are appended in
+one group commit, so a source acknowledges a batch only when every item in it
+is either durable as an event or durable in the quarantine queue.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from daemon import telemetry
+from daemon.events import Event, QuarantineItem, Rejected, encode_event, encode_quarantine, now_ms
+from daemon.journal import Journal, JournalFull
+
+
+@dataclass(slots=True)
+class Outcome:
+    accepted: int
+    rejected: list[Rejected] = field(default_factory=list)
+    first_offset: int = 0
+
+
+class Intake:
+    """Appends decoded items to the journal. Shared by every source."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    async def submit(self, items: Sequence[Event | Rejected], source: str, ref: str | None = None) -> Outcome:
+        """Make every item durable (events, or quarantine entries for rejected items).
+
+        Returns only after fsync. Raises JournalFull (nothing was written: ask the
+        sender to retry later) or JournalError.
+        """
+        payloads: list[bytes] = []
+        rejected: list[Rejected] = []
+        accepted = 0
+        received = now_ms()
+        for item in items:
+            if isinstance(item, Event):
+                payloads.append(encode_event(item))
+                accepted += 1
+            else:
+                rejected.append(item)
+                payloads.append(
+                    encode_quarantine(
+                        QuarantineItem(
+                            raw=item.raw,
+                            reason=item.reason,
+                            detail=item.detail,
+                            source=source,
+                            received_ms=received,
+                            index=item.index,
+                            ref=ref,
+                        )
+                    )
+                )
+        telemetry.EVENTS_RECEIVED.labels(source=source).inc(len(items))
+        try:
+            first = await self.journal.append(payloads)
+        except JournalFull:
+            telemetry.INGEST_PUSHBACK.labels(source=source).inc()
+            raise
+        if accepted:
+            telemetry.EVENTS_ACCEPTED.labels(source=source).inc(accepted)
+        for reason, count in Counter(r.reason for r in rejected).items():
+            telemetry.EVENTS_REJECTED.labels(source=source, reason=reason).inc(count)
+        return Outcome(accepted, rejected, first)
+
+    async def quarantine(self, item: QuarantineItem) -> None:
+        """Quarantine one undecodable input (for example a whole queue message)."""
+        telemetry.EVENTS_RECEIVED.labels(source=item.source).inc()
+        await self.journal.append([encode_quarantine(item)])
+        telemetry.EVENTS_REJECTED.labels(source=item.source, reason=item.reason).inc()

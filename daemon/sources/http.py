@@ -1,0 +1,119 @@
+"""HTTP ingest: ``POST /v1/events``.
+
+Answers 202 only after every accepted event is fsynced in the journal and every
+rejected item is fsynced in the quarantine queue. 413 for an oversize body,
+415 for an unknown content type, 503 with Retry-After at the journal budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import uuid
+
+from aiohttp import web
+
+from daemon.config import HttpIngestConfig
+from daemon.events import Decoder
+from daemon.intake import Intake
+from daemon.journal import JournalClosed, JournalError, JournalFull
+from daemon.telemetry import HTTP_REQUESTS, get_logger
+
+log = get_logger("ingest.http")
+
+SOURCE = "http"
+
+_NDJSON_TYPES = {
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "application/jsonlines",
+}
+_JSON_TYPES = {
+    "application/json",
+    "application/cloudevents+json",
+    "application/cloudevents-batch+json",
+}
+
+
+def _error(status: int, message: str, **extra: object) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+class HttpIngest:
+    """The ``POST /v1/events`` handler and its checks."""
+
+    def __init__(self, config: HttpIngestConfig, intake: Intake) -> None:
+        self.config = config
+        self.intake = intake
+        self.decoder = Decoder(max_event_bytes=config.max_event_bytes, source=SOURCE)
+        self._token_hashes = {t.removeprefix("sha256:").lower() for t in config.tokens}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/events", self.handle)
+
+    def _authorised(self, request: web.Request) -> bool:
+        if not self._token_hashes:
+            return True
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            return False
+        digest = hashlib.sha256(auth[7:].strip().encode()).hexdigest()
+        return any(hmac.compare_digest(digest, h) for h in self._token_hashes)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        response = await self._handle(request)
+        HTTP_REQUESTS.labels(route="/v1/events", code=str(response.status)).inc()
+        return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return _error(401, "a producer bearer token is required (Authorization: Bearer ...)")
+        ctype = request.content_type.lower() if "Content-Type" in request.headers else ""
+        if ctype in _NDJSON_TYPES:
+            ndjson: bool | None = True
+        elif ctype in _JSON_TYPES or ctype in ("", "application/octet-stream", "text/plain"):
+            ndjson = None  # auto-detect
+        else:
+            return _error(
+                415,
+                f"unsupported content type {ctype!r}",
+                accepted_types=sorted(_JSON_TYPES | _NDJSON_TYPES),
+            )
+        if request.content_length is not None and request.content_length > self.config.max_body_bytes:
+            return self._too_large()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
+        if not body.strip():
+            return _error(400, "empty body: send a JSON event, an array, a CloudTrail envelope or NDJSON")
+        items = self.decoder.decode(body, ndjson=ndjson)
+        ref = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        try:
+            outcome = await self.intake.submit(items, SOURCE, ref)
+        except JournalFull as exc:
+            retry = max(1, math.ceil(self.config.retry_after))
+            return web.json_response(
+                {"error": str(exc), "retry_after": retry},
+                status=503,
+                headers={"Retry-After": str(retry)},
+            )
+        except (JournalClosed, JournalError) as exc:
+            return web.json_response(
+                {"error": f"journal unavailable: {exc}"}, status=503, headers={"Retry-After": "5"}
+            )
+        rejected = [{"index": r.index, "reason": r.message()} for r in outcome.rejected]
+        status = 400 if outcome.accepted == 0 and rejected else 202
+        return web.json_response(
+            {"accepted": outcome.accepted, "rejected": rejected, "request_id": ref}, status=status
+        )
+
+    def _too_large(self) -> web.Response:
+        return _error(
+            413,
+            f"request body over {self.config.max_body_bytes} bytes (ingest.http.max_body_bytes); "
+            "send smaller batches",
+        )
