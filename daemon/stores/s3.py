@@ -33,7 +33,7 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from daemon.stores.base import (
@@ -174,6 +174,8 @@ def _error_code(exc: bexc.ClientError) -> tuple[str, int]:
 
 class S3Store:
     """One bucket/prefix. Safe for concurrent use; the HTTP client is created on first use."""
+
+    list_page_size = 1000
 
     def __init__(self, name: str, config: S3StoreConfig) -> None:
         self.name = name
@@ -346,7 +348,7 @@ class S3Store:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(StoreUnavailable),
                 stop=stop_after_attempt(retry.attempts),
-                wait=wait_exponential_jitter(initial=retry.initial, max=retry.max),
+                wait=wait_random_exponential(multiplier=retry.initial, max=retry.max),
                 reraise=True,
             ):
                 with attempt:
@@ -492,7 +494,7 @@ class S3Store:
         return ObjectInfo(key, int(resp["ContentLength"]), resp["LastModified"].timestamp())
 
     async def _list_page(self, client: Any, prefix: str, token: str | None) -> dict[str, Any]:
-        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.list_page_size}
         if token:
             params["ContinuationToken"] = token
         resp: dict[str, Any] = await client.list_objects_v2(**params)
