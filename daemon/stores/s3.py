@@ -383,6 +383,7 @@ class S3Store:
         if "md5" in cfg.checksum:
             params["ContentMD5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
         if "sha256" in cfg.checksum:
+            params["ChecksumAlgorithm"] = "SHA256"
             params["ChecksumSHA256"] = base64.b64encode(sha).decode()
         if cfg.sse:
             params["ServerSideEncryption"] = cfg.sse
