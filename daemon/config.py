@@ -15,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from daemon.stores import StoreConfig
+from daemon.archive.backup import BackupConfig
+from daemon.archive.retention import RetentionConfig
+from daemon.stores import STORE_TYPES, StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size
 
@@ -73,6 +75,11 @@ class TrackerConfig(Strict):
     name: str = Field(pattern=_NAME)
     store: str = "local"
     prefix: str = "trails"
+    # An event pattern (the rules' pattern language); absent: every event.
+    filter: dict[str, Any] | None = None
+    # Files older than this many days are removed (local: sweeper; s3: lifecycle rule,
+    # never before an Object Lock expires). Absent: kept forever.
+    retention_days: int | None = Field(default=None, ge=1, le=36500)
     file: FileConfig = Field(default_factory=FileConfig)
 
 
@@ -102,6 +109,8 @@ class Config(Strict):
     stores: dict[str, StoreConfig] = Field(default_factory=_default_stores)
     quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
     trackers: list[TrackerConfig] = Field(default_factory=_default_trackers)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
@@ -117,6 +126,14 @@ class Config(Strict):
             if tracker.name in seen:
                 errors.append(f"trackers[{i}].name: tracker {tracker.name!r} is defined twice")
             seen.add(tracker.name)
+        jobs: set[str] = set()
+        for i, job in enumerate(self.backup.jobs):
+            for field_name, store in (("from", job.source), ("to", job.destination)):
+                if store not in self.stores:
+                    errors.append(f"backup.jobs[{i}].{field_name}: no store named {store!r} in stores")
+            if job.name in jobs:
+                errors.append(f"backup.jobs[{i}].name: backup job {job.name!r} is defined twice")
+            jobs.add(job.name)
         if errors:
             raise ValueError("; ".join(errors))
         return self
@@ -178,7 +195,11 @@ def _interpolate(value: Any, path: tuple[int | str, ...], problems: list[str]) -
 def _pydantic_problems(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
-        path = _yaml_path(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
+        loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+        if len(loc) >= 3 and loc[0] == "stores" and loc[2] in STORE_TYPES:
+            # The discriminated union puts the chosen type into the path; YAML has no such level.
+            loc = loc[:2] + loc[3:]
+        path = _yaml_path(loc)
         if err["type"] == "extra_forbidden":
             problems.append(f"{path}: unknown key (check its spelling and indentation)")
         else:

@@ -12,6 +12,7 @@ from daemon.stores.s3 import S3Store, S3StoreConfig
 
 # One entry of ``stores:``; ``type`` picks the model, so errors name the right fields.
 StoreConfig = Annotated[LocalStoreConfig | S3StoreConfig, Field(discriminator="type")]
+STORE_TYPES = frozenset({"local", "s3"})
 
 
 def build_store(name: str, config: LocalStoreConfig | S3StoreConfig) -> Store:
@@ -23,4 +24,4 @@ def build_store(name: str, config: LocalStoreConfig | S3StoreConfig) -> Store:
     raise TypeError(f"no store type for {type(config).__name__}")
 
 
-__all__ = ["S3Store", "S3StoreConfig", "Store", "StoreConfig", "build_store"]
+__all__ = ["STORE_TYPES", "S3Store", "S3StoreConfig", "Store", "StoreConfig", "build_store"]
