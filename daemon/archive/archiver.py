@@ -199,8 +199,10 @@ class Archiver:
             timeout = 0.0 if stopping else self._next_timeout()
             entries = await reader.read(2000, timeout=timeout)
             for offset, payload in entries:
-                self._take(decode_entry(offset, payload))
-                if self._open_bytes > self.d.max_open_bytes:
+                full = self._take(decode_entry(offset, payload))
+                if full is not None:
+                    await self._flush(full)
+                elif self._open_bytes > self.d.max_open_bytes:
                     await self._flush(max(self._batches.values(), key=lambda b: b.nbytes).part)
             await self._flush_due(force=stopping and not entries)
             await self._commit(reader.next_offset)
@@ -230,12 +232,13 @@ class Archiver:
         oldest = min(b.opened for b in self._batches.values())
         return max(0.0, min(1.0, oldest + self.d.max_age - time.monotonic()))
 
-    def _take(self, entry: Entry) -> None:
+    def _take(self, entry: Entry) -> Partition | None:
+        """Add an entry to its partition's batch; return the partition if that batch is full."""
         if entry.kind != self.d.kind or not self.d.select(entry):
-            return
+            return None
         part = self.d.partition(entry)
         if entry.offset <= self.state.through.get(_part_key(part), -1):
-            return  # stored before a crash; the replay must not store it twice
+            return None  # stored before a crash; the replay must not store it twice
         batch = self._batches.get(part)
         if batch is None:
             batch = _Batch(part, entry.offset, entry.received_ms, time.monotonic())
@@ -243,6 +246,9 @@ class Archiver:
         before = batch.nbytes
         batch.add(entry)
         self._open_bytes += batch.nbytes - before
+        if len(batch.records) >= self.d.max_events or batch.nbytes >= self.d.max_bytes:
+            return part
+        return None
 
     async def _flush_due(self, force: bool) -> None:
         now = time.monotonic()
