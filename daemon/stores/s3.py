@@ -20,6 +20,7 @@ import asyncio
 import base64
 import datetime as dt
 import hashlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -155,6 +156,11 @@ class S3StoreConfig(BaseModel):
             problems.append(
                 "object_lock needs a checksum (md5 or sha256): S3 refuses Object Lock writes "
                 "without Content-MD5 or x-amz-checksum"
+            )
+        if self.endpoint_url is not None and not re.match(r"^https?://[^/\s]+", self.endpoint_url):
+            problems.append(
+                f"endpoint_url {self.endpoint_url!r} must be an http:// or https:// URL "
+                "(for example https://obs.eu-de.otc.t-systems.com or http://minio:9000)"
             )
         prefix = self.prefix.strip("/")
         if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):

@@ -136,6 +136,7 @@ async def test_unreachable_server_is_retryable_after_backoff() -> None:
         ({"object_lock": {"mode": "COMPLIANCE", "retain_days": 1}, "checksum": []}, "checksum"),
         ({"prefix": "a/../b"}, "prefix"),
         ({"addressing_style": "dns"}, "addressing_style"),
+        ({"endpoint_url": "minio:9000"}, "http:// or https://"),
     ],
 )
 def test_config_refuses_incoherent_settings(extra: dict[str, Any], message: str) -> None:
