@@ -22,7 +22,9 @@ from daemon import telemetry
 from daemon.archive.archiver import Archiver, Delivery
 from daemon.archive.tracker import quarantine_delivery, tracker_delivery
 from daemon.config import Config
+from daemon.decodepool import DecodePool, default_workers
 from daemon.intake import Intake
+from daemon.integrity.runtime import Integrity
 from daemon.journal import Journal
 from daemon.sources.http import HttpIngest
 from daemon.stores import build_store
@@ -68,7 +70,9 @@ class App:
             fsync=config.journal.fsync,
         )
         self.intake = Intake(self.journal)
+        self.decode_pool: DecodePool | None = None
         self.archivers: list[Archiver] = []
+        self.integrity: Integrity | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
         self._stop_requested = asyncio.Event()
@@ -103,15 +107,19 @@ class App:
             backlog={name: report.end_offset - off for name, off in report.cursors.items()},
         )
         state_dir = c.journal.dir / "state"
+        self.integrity = Integrity(c, self.stores, self.writer_id)
+        await self.integrity.start()
         for d in deliveries:
-            archiver = Archiver(self.journal, d, state_dir)
+            archiver = Archiver(self.journal, d, state_dir, self.integrity.listeners(d.name))
             self.archivers.append(archiver)
             self._tasks.append(asyncio.create_task(self._guard(archiver.run(), d.cursor)))
         api = web.Application(client_max_size=(c.ingest.http.max_body_bytes if c.ingest.http else 1024**2))
         api.router.add_get("/healthz", self._healthz)
         api.router.add_get("/readyz", self._readyz)
         if c.ingest.http is not None:
-            HttpIngest(c.ingest.http, self.intake).add_routes(api)
+            workers = c.ingest.http.decode_workers
+            self.decode_pool = DecodePool(default_workers() if workers is None else workers)
+            HttpIngest(c.ingest.http, self.intake, self.decode_pool).add_routes(api)
             self.http_port = await self._listen(api, c.ingest.http.listen)
         if c.metrics.listen:
             metrics = web.Application()
@@ -196,7 +204,12 @@ class App:
             archiver.stop(deadline=grace)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.integrity is not None:
+            # After the archivers: the chain-end digest must list their last files.
+            await self.integrity.stop()
         await self.journal.close()
+        if self.decode_pool is not None:
+            self.decode_pool.close()
         for store in self.stores.values():
             with contextlib.suppress(Exception):
                 await store.close()

@@ -51,15 +51,23 @@ _MTIME_SLACK = 2.0
 class BackupJobConfig(BaseModel):
     """One backup job: ``from`` store to ``to`` store, for some key prefixes."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
     name: str = Field(pattern=_NAME)
+    """Job name; appears in metrics and in the state file name."""
     source: str = Field(alias="from")
+    """The store copied from."""
     destination: str = Field(alias="to")
+    """The store copied to (a different one)."""
     prefixes: list[str] = Field(default_factory=lambda: [""])
+    """Key prefixes to copy; [""]: everything."""
     interval: Duration = 3600.0
+    """Time between rounds."""
     reverify_per_round: int = Field(default=100, ge=0)
+    """Destination copies re-read and re-hashed each round, oldest-verified first."""
     concurrency: int = Field(default=4, ge=1, le=64)
+    """Copies in flight at once."""
     save_every: int = Field(default=100, ge=1)
+    """Progress is written to the state file after this many copies (and at each round's end)."""
 
     @model_validator(mode="after")
     def _distinct(self) -> BackupJobConfig:
@@ -71,8 +79,9 @@ class BackupJobConfig(BaseModel):
 class BackupConfig(BaseModel):
     """Periodic verified copies of archive objects to a second store."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     jobs: list[BackupJobConfig] = Field(default_factory=list)
+    """Backup jobs, each copying some prefixes from one store to another."""
 
 
 @dataclass(slots=True)

@@ -45,8 +45,9 @@ RULE_PREFIX = "trailkeeper-"
 class RetentionConfig(BaseModel):
     """How often retention runs. The period itself is per tracker (``retention_days``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     interval: Duration = 3600.0
+    """Time between rounds: local sweeps, and checks of each S3 tracker's lifecycle rule."""
 
 
 class TrackerSettings(Protocol):

@@ -101,44 +101,69 @@ def _default_checksums() -> list[Checksum]:
 class ObjectLockConfig(BaseModel):
     """WORM protection applied to every object written (the bucket must have Object Lock on)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    """COMPLIANCE: nobody, root included, can delete or shorten it early; GOVERNANCE: privileged users can."""
     retain_days: int = Field(ge=1, le=36500)
+    """Each object's retain-until date is its write time plus this many days."""
     legal_hold: bool = False
+    """Also place a legal hold on every object (kept until explicitly removed)."""
 
 
 class S3RetryConfig(BaseModel):
     """Backoff for retryable failures inside one store call (the caller retries beyond it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     attempts: int = Field(default=4, ge=1, le=20)
+    """Tries per store call for retryable errors (5xx, throttling, network, timeouts)."""
     initial: Duration = 0.2
+    """Scale of the first backoff (random exponential, full jitter)."""
     max: Duration = 5.0
+    """Longest backoff between two tries."""
 
 
 class S3StoreConfig(BaseModel):
     """An S3 bucket (or an S3-compatible server's bucket) and a key prefix inside it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     type: Literal["s3"]
+    """Store type."""
     bucket: str = Field(pattern=_BUCKET)
+    """The bucket; it must exist (with Object Lock enabled when object_lock is set)."""
     prefix: str = ""
+    """Key prefix inside the bucket, prepended to every key."""
     endpoint_url: str | None = None
+    """S3-compatible server URL (OBS, MinIO, Ceph); null: AWS S3."""
     region: str | None = None
+    """The bucket's region; null: the usual chain (AWS_REGION, profile)."""
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """path (host/bucket/key, MinIO and Ceph) or virtual (bucket.host/key); auto lets the SDK choose."""
     access_key_id: str | None = None
+    """Access key; set with secret_access_key, or leave both null for env, profile or instance role."""
     secret_access_key: SecretStr | None = None
+    """Secret key (use ${ENV}); never logged."""
     session_token: SecretStr | None = None
+    """Session token for temporary credentials."""
     sse: Literal["AES256", "aws:kms"] | None = None
+    """Server-side encryption of every object; null: the bucket's default."""
     kms_key_id: str | None = None
+    """KMS key id or ARN with sse: aws:kms; null: the account's default key."""
     storage_class: str | None = Field(default=None, pattern=r"^[A-Z][A-Z_]*$")
+    """Storage class (STANDARD_IA, GLACIER_IR, ...); null: the bucket's default."""
     checksum: list[Checksum] = Field(default_factory=_default_checksums)
+    """Integrity headers sent with every write: Content-MD5 and/or x-amz-checksum-sha256."""
     object_lock: ObjectLockConfig | None = None
+    """WORM retention applied to every object written; null: none."""
     if_none_match: bool = True
+    """Write-once on the server (If-None-Match: *); falls back to HEAD-then-PUT where unsupported."""
     connect_timeout: Duration = 5.0
+    """Time to establish a connection."""
     read_timeout: Duration = 30.0
+    """Time to wait for a response."""
     max_connections: int = Field(default=10, ge=1, le=1000)
+    """HTTP connections kept open to the server."""
     retries: S3RetryConfig = Field(default_factory=S3RetryConfig)
+    """Backoff for retryable errors within one call (the archiver retries beyond it)."""
 
     @model_validator(mode="after")
     def _coherent(self) -> S3StoreConfig:
