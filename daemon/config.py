@@ -108,8 +108,8 @@ class TrackerConfig(Strict):
     filter: dict[str, Any] | None = None
     """An event pattern (the rules' pattern language) selecting this tracker's events; absent: every event."""
     retention_days: int | None = Field(default=None, ge=1, le=36500)
-    """Files older than this many days are removed (local: sweeper; s3: a lifecycle rule, never
-    before an Object Lock expires). Absent: kept forever."""
+    """Archive files older than this many days are deleted by the retention sweeper (never
+    digests, never an S3 object whose Object Lock has not expired). Absent: kept forever."""
     file: FileConfig = Field(default_factory=FileConfig)
     """When files close and how they are compressed."""
     verify: bool = True
@@ -157,7 +157,7 @@ class Config(Strict):
     trackers: list[TrackerConfig] = Field(default_factory=_default_trackers)
     """Trackers: each delivers the events it selects as files to a store."""
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
-    """When expired archive files are swept and S3 lifecycle rules checked."""
+    """When expired archive files are swept."""
     backup: BackupConfig = Field(default_factory=BackupConfig)
     """Periodic verified copies of archive objects to a second store."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

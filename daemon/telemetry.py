@@ -145,7 +145,7 @@ RETENTION_DELETED = Counter(
 RETENTION_FAILURES = Counter(
     "trailkeeper_retention_failures_total",
     "Retention rounds or deletions that failed, by tracker and reason "
-    "(unavailable, permanent, lifecycle).",
+    "(unavailable, permanent).",
     ["tracker", "reason"],
     registry=REGISTRY,
 )

@@ -1,18 +1,18 @@
 """Retention: archive files older than a tracker's ``retention_days`` go away, and nothing younger.
 
-Two mechanisms, chosen by the store:
+A sweeper lists each tracker's files and deletes those whose whole day is older
+than ``retention_days``. The day is the UTC date in the key (``.../YYYY/MM/DD/<file>``:
+the receive date of the file's first event); a key without a date falls back to the
+file's mtime. Only files named like the tracker's archive files are touched:
+digests (``<prefix>/<tracker>/_digest/...``) must outlive the files they list, so
+they are never swept. That is also why no S3 lifecycle rule is used: a rule
+matches a key prefix, and the tracker's prefix holds its digests too.
 
-- S3 stores: trailkeeper never deletes archive objects itself. It sets (and on
-  every round checks) a bucket lifecycle rule ``trailkeeper-<tracker>`` that
-  expires objects under the tracker's prefix after ``retention_days``. The
-  server applies it, and S3 never removes an object version whose Object Lock
-  retain-until date has not passed, so WORM protection always wins.
-- Every other store (``local``): a sweeper lists the tracker's files and deletes
-  those whose whole day is older than ``retention_days``. The day is the UTC
-  date in the key (``.../YYYY/MM/DD/<file>``: the receive date of the file's
-  first event); a key without a date falls back to the file's mtime. Only files
-  named like the tracker's archive files are touched, so digests or anything
-  else stored under the same prefix are never swept.
+On S3 stores every candidate is checked first: a file whose Object Lock
+retain-until date has not passed, or that is under a legal hold, is kept and
+counted as locked; trailkeeper never asks the server to delete it (the server
+would refuse a locked version anyway). On a versioned bucket a delete leaves a
+delete marker; the bucket's own noncurrent-version rules decide when the data goes.
 
 Idempotent: a round can be repeated or interrupted at any point.
 """
@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -39,7 +39,6 @@ log = get_logger("retention")
 
 _DAY = 86400.0
 _DATE_IN_KEY = re.compile(r"(?:^|/)(\d{4})/(\d{2})/(\d{2})/[^/]+$")
-RULE_PREFIX = "trailkeeper-"
 
 
 class RetentionConfig(BaseModel):
@@ -47,7 +46,7 @@ class RetentionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     interval: Duration = 3600.0
-    """Time between rounds: local sweeps, and checks of each S3 tracker's lifecycle rule."""
+    """Time between sweeps of expired archive files."""
 
 
 class TrackerSettings(Protocol):
@@ -77,7 +76,7 @@ class TrackerRetention:
 class RoundReport:
     deleted: dict[str, list[str]] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)
-    lifecycle: dict[str, str] = field(default_factory=dict)  # tracker -> "unchanged" | "set"
+    locked: dict[str, list[str]] = field(default_factory=dict)  # expired, but under Object Lock
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -109,23 +108,6 @@ def file_day_end(key: str, modified: float) -> float:
 def is_expired(key: str, modified: float, days: int, now: float) -> bool:
     """True only when the file's whole day lies more than ``days`` days in the past."""
     return file_day_end(key, modified) + days * _DAY <= now
-
-
-def lifecycle_rule(tracker: str, full_prefix: str, days: int) -> dict[str, Any]:
-    return {
-        "ID": f"{RULE_PREFIX}{tracker}",
-        "Filter": {"Prefix": full_prefix},
-        "Status": "Enabled",
-        "Expiration": {"Days": days},
-        # On versioned (and Object Lock) buckets expiry leaves the data as a noncurrent
-        # version; this removes it a day later, which S3 refuses while a lock holds.
-        "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
-    }
-
-
-def _same_rule(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("ID", "Filter", "Status", "Expiration", "NoncurrentVersionExpiration")
-    return all(a.get(k) == b.get(k) for k in keys)
 
 
 class Retention:
@@ -173,10 +155,7 @@ class Retention:
         report = RoundReport()
         for t in self.trackers:
             try:
-                if isinstance(t.store, S3Store):
-                    report.lifecycle[t.tracker] = await self._ensure_lifecycle(t, t.store)
-                else:
-                    await self._sweep(t, report)
+                await self._sweep(t, report)
             except StoreError as exc:
                 reason = "unavailable" if exc.retryable else "permanent"
                 telemetry.RETENTION_FAILURES.labels(tracker=t.tracker, reason=reason).inc()
@@ -190,6 +169,7 @@ class Retention:
         now = self.clock()
         names = _file_pattern(t.tracker)
         deleted: list[str] = []
+        locked: list[str] = []
         kept = 0
         async for obj in t.store.list(t.root):
             if not names.match(obj.key.rsplit("/", 1)[-1]):
@@ -197,11 +177,25 @@ class Retention:
             if not is_expired(obj.key, obj.modified, t.days, now):
                 kept += 1
                 continue
+            if isinstance(t.store, S3Store):
+                until = await t.store.lock_until(obj.key)
+                if until is not None and until.timestamp() > now:
+                    locked.append(obj.key)
+                    continue
             await t.store.delete(obj.key)
             deleted.append(obj.key)
             telemetry.RETENTION_DELETED.labels(tracker=t.tracker).inc()
         report.deleted[t.tracker] = deleted
+        report.locked[t.tracker] = locked
         report.kept[t.tracker] = kept
+        if locked:
+            log.info(
+                "retention.kept_locked",
+                tracker=t.tracker,
+                store=t.store.name,
+                files=len(locked),
+                detail="expired by retention_days but still under Object Lock; swept after the lock ends",
+            )
         if deleted:
             log.info(
                 "retention.swept",
@@ -211,36 +205,3 @@ class Retention:
                 kept=kept,
                 retention_days=t.days,
             )
-
-    async def _ensure_lifecycle(self, t: TrackerRetention, store: S3Store) -> str:
-        """Make the bucket's lifecycle hold our rule for this tracker; keep everyone else's."""
-        cfg = store.config
-        full_prefix = f"{cfg.prefix}/{t.root}" if cfg.prefix else t.root
-        want = lifecycle_rule(t.tracker, full_prefix, t.days)
-        lock = cfg.object_lock
-        if lock is not None and lock.retain_days > t.days:
-            log.warning(
-                "retention.lock_outlives_retention",
-                tracker=t.tracker,
-                store=store.name,
-                retention_days=t.days,
-                lock_retain_days=lock.retain_days,
-                detail="objects stay until their Object Lock expires; the server refuses earlier deletion",
-            )
-
-        rules = await store.lifecycle_rules()
-        ours = [r for r in rules if r.get("ID") == want["ID"]]
-        if len(ours) == 1 and _same_rule(ours[0], want):
-            return "unchanged"
-        others = [r for r in rules if r.get("ID") != want["ID"]]
-        await store.put_lifecycle_rules([*others, want])
-        log.info(
-            "retention.lifecycle_set",
-            tracker=t.tracker,
-            store=store.name,
-            bucket=store.bucket,
-            prefix=full_prefix,
-            retention_days=t.days,
-            previous=ours[0] if ours else None,
-        )
-        return "set"

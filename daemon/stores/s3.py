@@ -196,10 +196,6 @@ class S3StoreConfig(BaseModel):
         return self
 
 
-# A module-level alias: inside S3Store the name ``list`` is the method.
-LifecycleRules = list[dict[str, Any]]
-
-
 def _error_code(exc: bexc.ClientError) -> tuple[str, int]:
     err = exc.response.get("Error", {})
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -333,8 +329,6 @@ class S3Store:
                     "delete": "s3:DeleteObject",
                     "list": "s3:ListBucket",
                     "check": "s3:ListBucket",
-                    "read lifecycle of": "s3:GetLifecycleConfiguration",
-                    "write lifecycle of": "s3:PutLifecycleConfiguration",
                 }.get(action, f"s3 {action}")
                 hint = (
                     f"grant {op} on {self.bucket!r} to these credentials in the IAM or bucket "
@@ -593,30 +587,18 @@ class S3Store:
 
         await self._call("check", "check", "", attempt)
 
-    async def lifecycle_rules(self) -> LifecycleRules:
-        """The bucket's lifecycle rules (all of them, not only trailkeeper's)."""
-
-        async def attempt(client: Any) -> LifecycleRules:
-            try:
-                resp = await client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
-            except bexc.ClientError as exc:
-                if _error_code(exc)[0] == "NoSuchLifecycleConfiguration":
-                    return []
-                raise
-            rules: LifecycleRules = resp.get("Rules", [])
-            return rules
-
-        return await self._call("lifecycle_get", "read lifecycle of", "", attempt)
-
-    async def put_lifecycle_rules(self, rules: LifecycleRules) -> None:
-        """Replace the bucket's lifecycle rules (callers pass the others' rules back in)."""
-
-        async def attempt(client: Any) -> None:
-            await client.put_bucket_lifecycle_configuration(
-                Bucket=self.bucket, LifecycleConfiguration={"Rules": rules}
-            )
-
-        await self._call("lifecycle_put", "write lifecycle of", "", attempt)
+    async def lock_until(self, key: str) -> dt.datetime | None:
+        """When ``key``'s current version may be deleted: its Object Lock retain-until date,
+        far in the future under a legal hold, or None when nothing holds it (or it is gone).
+        """
+        full = self._full(key)
+        head = await self._call("head", "read", key, lambda c: self._head(c, full))
+        if head is None:
+            return None
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            return dt.datetime.max.replace(tzinfo=dt.UTC)
+        until = head.get("ObjectLockRetainUntilDate")
+        return until if isinstance(until, dt.datetime) else None
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None

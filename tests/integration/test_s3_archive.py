@@ -65,7 +65,9 @@ FAST_FILES = {"max_events": 5000, "max_age": "300ms", "compression_level": 1}
 def bucket_records(
     endpoint: str, bucket: str, prefix: str = "", cache: dict[str, list[bytes]] | None = None, **client_kwargs: Any
 ) -> dict[str, list[bytes]]:
-    """key -> exact record lines, for every object under ``prefix``, via plain boto3 + gzip.
+    """key -> exact record lines, for every archive file under ``prefix``, via plain boto3 + gzip.
+
+    Digests (``.../_digest/...json``) live beside the files and are not read here.
 
     Archive objects are written once, so keys already in ``cache`` are not downloaded again.
     """
@@ -73,6 +75,8 @@ def bucket_records(
     out: dict[str, list[bytes]] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
+            if not obj["Key"].endswith(".json.gz"):
+                continue
             if cache is not None and obj["Key"] in cache:
                 out[obj["Key"]] = cache[obj["Key"]]
                 continue
@@ -141,8 +145,10 @@ async def test_daemon_process_delivers_cloudtrail_files_to_s3(
 def read_like_an_auditor(endpoint: str, bucket: str, into: Path, records: list[dict[str, Any]]) -> None:
     """The AWS SDK lists and downloads; gunzip and a JSON parser read each file."""
     s3 = boto3_client(endpoint)
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
-    assert all(k.startswith("AWSLogs/default/") and k.endswith(".json.gz") for k in keys)
+    every = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert all(k.startswith("AWSLogs/default/") for k in every)
+    keys = [k for k in every if "/_digest/" not in k]
+    assert keys and all(k.endswith(".json.gz") for k in keys)
     by_id = {r["eventID"]: r for r in records}
     for key in keys:
         local = into / key
@@ -189,10 +195,11 @@ async def test_trackers_with_their_own_stores_and_prefixes(s3_server: str, tmp_p
         await app.stop(grace=5)
     want = Counter(r["eventID"] for r in records)
     assert ids_a == want and ids_b == want  # each exactly once
-    keys_a = bucket_records(s3_server, bucket_a)
-    keys_b = bucket_records(s3_server, bucket_b)
-    assert all(k.startswith("org-a/trails/audit/") for k in keys_a)
-    assert all(k.startswith("sec/logs/security/") for k in keys_b)
+    client = boto3_client(s3_server)
+    keys_a = [o["Key"] for o in client.list_objects_v2(Bucket=bucket_a)["Contents"]]
+    keys_b = [o["Key"] for o in client.list_objects_v2(Bucket=bucket_b)["Contents"]]
+    assert keys_a and all(k.startswith("org-a/trails/audit/") for k in keys_a)
+    assert keys_b and all(k.startswith("sec/logs/security/") for k in keys_b)
     mirror = sorted((tmp_path / "archive" / "mirror" / "mirror").rglob("*.json.gz"))
     assert mirror, "the local tracker wrote its own files"
     assert not (tmp_path / "archive" / "trails").exists(), "S3 trackers write nothing locally"
@@ -236,6 +243,22 @@ async def test_object_lock_compliance_refuses_delete_and_overwrite(s3_server: st
     for v in versions:
         head = s3.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
         assert head["ObjectLockMode"] == "COMPLIANCE"
+    # trailkeeper's own retention never tries to delete a locked file: three days on, with
+    # retention_days 1, every file has expired by its date but is locked for 7 days.
+    store = _CountingS3Store("worm", config.stores["worm"])  # type: ignore[arg-type]
+    store.deletes = []
+    retention = Retention.from_config(RetentionConfig(), config.trackers, {"worm": store})
+    retention.clock = lambda: time.time() + 3 * 86400
+    try:
+        report = await retention.run_once()
+    finally:
+        await store.close()
+    archive_files = {v["Key"] for v in versions if v["Key"].endswith(".json.gz")}
+    assert archive_files and sorted(report.locked["audit"]) == sorted(archive_files)
+    assert report.deleted["audit"] == []
+    assert store.deletes == []
+    assert not s3.list_object_versions(Bucket=bucket).get("DeleteMarkers")
+
     target = versions[0]
     original = s3.get_object(Bucket=bucket, Key=target["Key"], VersionId=target["VersionId"])["Body"].read()
 
@@ -257,18 +280,6 @@ async def test_object_lock_compliance_refuses_delete_and_overwrite(s3_server: st
     assert again == original
     with pytest.raises(ClientError):
         s3.delete_object(Bucket=bucket, Key=target["Key"], VersionId=target["VersionId"])
-
-    # trailkeeper's own retention never tries to delete: it sets a lifecycle rule and the
-    # server, which honours the lock, does the expiring.
-    store = _CountingS3Store("worm", config.stores["worm"])  # type: ignore[arg-type]
-    store.deletes = []
-    retention = Retention.from_config(RetentionConfig(), config.trackers, {"worm": store})
-    try:
-        report = await retention.run_once()
-    finally:
-        await store.close()
-    assert report.lifecycle == {"audit": "set"}
-    assert store.deletes == []
     after = s3.list_object_versions(Bucket=bucket)["Versions"]
     assert {(v["Key"], v["VersionId"]) for v in versions} <= {(v["Key"], v["VersionId"]) for v in after}
 
