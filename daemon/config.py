@@ -15,9 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from daemon.archive.backup import BackupConfig
+from daemon.archive.retention import RetentionConfig
 from daemon.integrity.config import IntegrityConfig
 from daemon.rules.config import RulesConfig
-from daemon.stores import StoreConfig
+from daemon.stores import STORE_TYPES, StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size
 
@@ -104,6 +106,9 @@ class TrackerConfig(Strict):
     """Name of the store (under stores) that receives the files."""
     prefix: str = "trails"
     """Key prefix: <prefix>/<tracker>/<tenant>/<region>/YYYY/MM/DD/..."""
+    retention_days: int | None = Field(default=None, ge=1, le=36500)
+    """Archive files older than this many days are deleted by the retention sweeper (never
+    digests, never an S3 object whose Object Lock has not expired). Absent: kept forever."""
     file: FileConfig = Field(default_factory=FileConfig)
     """When files close and how they are compressed."""
     verify: bool = True
@@ -166,6 +171,10 @@ class Config(Strict):
     """Trackers: each delivers the events it selects as files to a store."""
     rules: RulesConfig = Field(default_factory=RulesConfig)
     """Key-operation classification: built-in packs, rule files, disabled rule ids."""
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    """When expired archive files are swept."""
+    backup: BackupConfig = Field(default_factory=BackupConfig)
+    """Periodic verified copies of archive objects to a second store."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     """Prometheus metrics endpoint."""
     log: LogConfig = Field(default_factory=LogConfig)
@@ -185,6 +194,14 @@ class Config(Strict):
             if tracker.name in seen:
                 errors.append(f"trackers[{i}].name: tracker {tracker.name!r} is defined twice")
             seen.add(tracker.name)
+        jobs: set[str] = set()
+        for i, job in enumerate(self.backup.jobs):
+            for field_name, store in (("from", job.source), ("to", job.destination)):
+                if store not in self.stores:
+                    errors.append(f"backup.jobs[{i}].{field_name}: no store named {store!r} in stores")
+            if job.name in jobs:
+                errors.append(f"backup.jobs[{i}].name: backup job {job.name!r} is defined twice")
+            jobs.add(job.name)
         if errors:
             raise ValueError("; ".join(errors))
         return self
@@ -246,7 +263,11 @@ def _interpolate(value: Any, path: tuple[int | str, ...], problems: list[str]) -
 def _pydantic_problems(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
-        path = _yaml_path(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
+        loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+        if len(loc) >= 3 and loc[0] == "stores" and loc[2] in STORE_TYPES:
+            # The discriminated union puts the chosen type into the path; YAML has no such level.
+            loc = loc[:2] + loc[3:]
+        path = _yaml_path(loc)
         if err["type"] == "extra_forbidden":
             problems.append(f"{path}: unknown key (check its spelling and indentation)")
         else:

@@ -222,7 +222,9 @@ def sections(model: type[BaseModel] = Config, path: str = "", title: str = "") -
     out = [here]
     nested: list[Section] = []
     for name, field in model.model_fields.items():
-        key = f"{path}.{name}" if path else name
+        # The YAML spelling: an alias where the field has one (``from`` is a Python keyword).
+        yaml_name = field.alias or name
+        key = f"{path}.{yaml_name}" if path else yaml_name
         annotation = _strip_annotated(field.annotation)
         if _is_union(annotation):
             non_null = [a for a in get_args(annotation) if a is not type(None)]
