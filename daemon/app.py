@@ -20,6 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon import telemetry
 from daemon.archive.archiver import Archiver, Delivery
+from daemon.archive.backup import Backup
+from daemon.archive.retention import Retention
 from daemon.archive.tracker import quarantine_delivery, tracker_delivery, tracker_filter
 from daemon.config import Config, ConfigError, load_config
 from daemon.decodepool import DecodePool, default_workers
@@ -78,6 +80,9 @@ class App:
         self.archivers: list[Archiver] = []
         self.integrity: Integrity | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._aux_tasks: list[asyncio.Task[None]] = []
+        self.retention: Retention | None = None
+        self.backup: Backup | None = None
         self._runners: list[web.AppRunner] = []
         self._stop_requested = asyncio.Event()
         self._signals = 0
@@ -120,6 +125,12 @@ class App:
             archiver = Archiver(self.journal, d, state_dir, self.integrity.listeners(d.name))
             self.archivers.append(archiver)
             self._tasks.append(asyncio.create_task(self._guard(archiver.run(), d.cursor)))
+        self.retention = Retention.from_config(c.retention, c.trackers, self.stores)
+        self.backup = Backup.from_config(c.backup, self.stores, state_dir)
+        self._aux_tasks = [
+            asyncio.create_task(self._guard(self.retention.run(), "retention")),
+            asyncio.create_task(self._guard(self.backup.run(), "backup")),
+        ]
         api = web.Application(client_max_size=(c.ingest.http.max_body_bytes if c.ingest.http else 1024**2))
         api.router.add_get("/healthz", self._healthz)
         api.router.add_get("/readyz", self._readyz)
@@ -226,10 +237,20 @@ class App:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        for aux in (self.retention, self.backup):
+            if aux is not None:
+                aux.stop()
         for archiver in self.archivers:
             archiver.stop(deadline=grace)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._aux_tasks:
+            # A sweep or a backup round may be waiting on a slow store: it is safe to cut
+            # short (both record progress durably and resume on the next start).
+            _done, pending = await asyncio.wait(self._aux_tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._aux_tasks, return_exceptions=True)
         if self.integrity is not None:
             # After the archivers: the chain-end digest must list their last files.
             await self.integrity.stop(grace)
