@@ -168,6 +168,7 @@ class Archiver:
         self._open_bytes = 0
         self._dirty = False
         self._flushed = False
+        self._inflight: asyncio.Task[None] | None = None
         self._last_commit = 0.0
         self._stopping = asyncio.Event()
         self._stop_deadline: float | None = None
@@ -193,6 +194,9 @@ class Archiver:
                 detail="the store is down; events stay in the journal and are delivered on the next start",
             )
         finally:
+            if self._inflight is not None and not self._inflight.done():
+                # Its intent stays recorded: the next start stores the file again.
+                self._inflight.cancel()
             reader.close()
             telemetry.ARCHIVE_OPEN_EVENTS.labels(tracker=self.d.name).set(0)
 
@@ -215,6 +219,8 @@ class Archiver:
             if flushed or stopping or time.monotonic() - self._last_commit >= COMMIT_INTERVAL:
                 await self._commit(reader.next_offset)
             if stopping and not entries and not self._batches:
+                await self._wait_inflight()
+                await self._commit(reader.next_offset)
                 return
             if stopping and self._past_deadline():
                 raise _GiveUp()
@@ -290,9 +296,22 @@ class Archiver:
         }
         self.state.through[_part_key(part)] = batch.last
         await self.state.save()
+        # Two-stage pipeline: this file is compressed and stored while the loop goes on
+        # batching the next one. One file in flight at most, so memory stays bounded and
+        # a failing store stops reading from the journal.
+        await self._wait_inflight()
+        self._inflight = asyncio.create_task(self._store_and_finish(key, batch))
+
+    async def _wait_inflight(self) -> None:
+        if self._inflight is not None:
+            task, self._inflight = self._inflight, None
+            await task  # re-raises _GiveUp
+
+    async def _store_and_finish(self, key: str, batch: _Batch) -> None:
         await self._store(key, batch)
         self.state.pending.pop(key, None)
         self._dirty = True
+        self._flushed = True
         # One observation per ingest batch in the file (events of one request share a
         # receive time): per-event observations would cost more than the archiving.
         now = time.time()
