@@ -57,9 +57,7 @@ def lint_venv() -> Path:
     It lives outside the work tree (TRAILKEEPER_LINT_VENV, default
     ~/.cache/trailkeeper/venv-lint) so fresh clones on the same machine share it.
     """
-    venv = Path(
-        os.environ.get("TRAILKEEPER_LINT_VENV", Path.home() / ".cache" / "trailkeeper" / "venv-lint")
-    )
+    venv = Path(os.environ.get("TRAILKEEPER_LINT_VENV", Path.home() / ".cache" / "trailkeeper" / "venv-lint"))
     stamp = venv / "trailkeeper-lint.stamp"
     if stamp.exists() and stamp.read_text() == CHECKOV_SPEC:
         return venv

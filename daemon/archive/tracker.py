@@ -47,7 +47,16 @@ def tracker_delivery(
     f = config.file
 
     def key(part: keys.Partition, first_ms: int, first: int, last: int) -> str:
-        return keys.file_key(config.prefix, config.name, writer, part, first_ms, first, last)
+        return keys.file_key(
+            config.prefix,
+            config.name,
+            writer,
+            part,
+            first_ms,
+            first,
+            last,
+            extension=fileformat.extension(f.compression),
+        )
 
     return Delivery(
         name=config.name,

@@ -19,7 +19,6 @@ GIL), so chains are checked in parallel and the event loop never blocks.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import hashlib
 import os
 import re
@@ -32,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from daemon.archive.fileformat import FileFormatError, split_records
+from daemon.archive.fileformat import FileFormatError, decompress, split_records
 from daemon.integrity import merkle
 from daemon.integrity.checkpoint import (
     BadSignature,
@@ -118,7 +117,7 @@ def analyze_file(data: bytes) -> _FileResult:
     """Hash a stored file and its records. CPU-bound; runs in a worker thread."""
     sha = hashlib.sha256(data).hexdigest()
     try:
-        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        raw = decompress(data)
         records = split_records(raw)
     except (OSError, EOFError, FileFormatError) as exc:
         return _FileResult(sha, 0, "", None, f"cannot read records: {exc}")

@@ -21,13 +21,16 @@ rules:
     description: CloudTrail logging stopped (site rule).
     match: {operation: [StopLogging]}
 """
-BETTER = GOOD + """
+BETTER = (
+    GOOD
+    + """
   - id: local.delete-trail
     category: high_risk
     severity: high
     description: A trail was deleted (site rule).
     match: {operation: [DeleteTrail]}
 """
+)
 BAD = """
 rules:
   - id: local.broken

@@ -69,7 +69,9 @@ async def test_objects_under_compliance_lock_are_never_deleted(s3_server: str) -
     # Retention of one day: by their dates these files expired years ago, but the lock set
     # at write time runs for 30 more days.
     retention = Retention(
-        [TrackerRetention("audit", store, "trails/audit/", 1)], RetentionConfig(), clock=lambda: dt.datetime.now(dt.UTC).timestamp()
+        [TrackerRetention("audit", store, "trails/audit/", 1)],
+        RetentionConfig(),
+        clock=lambda: dt.datetime.now(dt.UTC).timestamp(),
     )
     try:
         for key in files:

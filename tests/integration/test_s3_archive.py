@@ -63,7 +63,11 @@ FAST_FILES = {"max_events": 5000, "max_age": "300ms", "compression_level": 1}
 
 
 def bucket_records(
-    endpoint: str, bucket: str, prefix: str = "", cache: dict[str, list[bytes]] | None = None, **client_kwargs: Any
+    endpoint: str,
+    bucket: str,
+    prefix: str = "",
+    cache: dict[str, list[bytes]] | None = None,
+    **client_kwargs: Any,
 ) -> dict[str, list[bytes]]:
     """key -> exact record lines, for every archive file under ``prefix``, via plain boto3 + gzip.
 
@@ -111,9 +115,10 @@ async def wait_for_ids(endpoint: str, bucket: str, want: int, timeout: float, **
 
 
 async def post(url: str, body: bytes, content_type: str = "application/json") -> int:
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{url}/v1/events", data=body, headers={"Content-Type": content_type}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{url}/v1/events", data=body, headers={"Content-Type": content_type}) as resp,
+    ):
         await resp.read()
         return resp.status
 
@@ -129,7 +134,9 @@ async def test_daemon_process_delivers_cloudtrail_files_to_s3(
     bucket = new_bucket(s3_server)
     d = daemon_process(
         stores=stores_yaml(tmp_path, archive=s3_store_config(s3_server, bucket, sse="AES256")),
-        trackers=trackers_yaml({"name": "default", "store": "archive", "prefix": "AWSLogs", "file": FAST_FILES}),
+        trackers=trackers_yaml(
+            {"name": "default", "store": "archive", "prefix": "AWSLogs", "file": FAST_FILES}
+        ),
     )
     d.start()
     try:
@@ -225,7 +232,13 @@ async def test_object_lock_compliance_refuses_delete_and_overwrite(s3_server: st
             tmp_path,
             stores=stores_yaml(tmp_path, worm=store_cfg),
             trackers=trackers_yaml(
-                {"name": "audit", "store": "worm", "prefix": "trails", "retention_days": 1, "file": FAST_FILES}
+                {
+                    "name": "audit",
+                    "store": "worm",
+                    "prefix": "trails",
+                    "retention_days": 1,
+                    "file": FAST_FILES,
+                }
             ),
         )
     )
@@ -346,7 +359,11 @@ async def test_s3_outage_under_load_loses_and_duplicates_nothing(
     assert len(ids) == total, "an event was lost"
     assert max(ids.values()) == 1, "an event was stored twice"
     assert down_for >= outage
-    print(orjson.dumps({"events": total, "outage_s": round(down_for, 1), "drained_after_send_s": round(drained_in, 1)}).decode())
+    print(
+        orjson.dumps(
+            {"events": total, "outage_s": round(down_for, 1), "drained_after_send_s": round(drained_in, 1)}
+        ).decode()
+    )
     failures = telemetry.REGISTRY.get_sample_value(
         "trailkeeper_archive_failures_total", {"tracker": "default", "reason": "unavailable"}
     )
@@ -368,7 +385,9 @@ async def test_bad_credentials_reported_once_per_interval_and_nothing_lost(
         return parse_config(
             base_config_text(
                 tmp_path,
-                stores=stores_yaml(tmp_path, archive=s3_store_config(s3_auth_server.endpoint, bucket, **creds)),
+                stores=stores_yaml(
+                    tmp_path, archive=s3_store_config(s3_auth_server.endpoint, bucket, **creds)
+                ),
                 trackers=trackers_yaml({"name": "default", "store": "archive", "file": FAST_FILES}),
             )
         )
@@ -387,7 +406,9 @@ async def test_bad_credentials_reported_once_per_interval_and_nothing_lost(
             assert await post(f"http://127.0.0.1:{app.http_port}", orjson.dumps(records)) == 202
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                failed = telemetry.REGISTRY.get_sample_value("trailkeeper_archive_failures_total", labels) or 0.0
+                failed = (
+                    telemetry.REGISTRY.get_sample_value("trailkeeper_archive_failures_total", labels) or 0.0
+                )
                 if failed - before >= 10:
                     break
                 await asyncio.sleep(0.1)
@@ -395,7 +416,9 @@ async def test_bad_credentials_reported_once_per_interval_and_nothing_lost(
                 ready = await r.json()
         finally:
             await app.stop(grace=0.5)
-    attempts = (telemetry.REGISTRY.get_sample_value("trailkeeper_archive_failures_total", labels) or 0) - before
+    attempts = (
+        telemetry.REGISTRY.get_sample_value("trailkeeper_archive_failures_total", labels) or 0
+    ) - before
     assert attempts >= 10, "the archiver kept retrying"
     reports = [e for e in logs if e.get("event") == "archive.store_failed"]
     assert len(reports) == 1, f"{len(reports)} reports for {attempts:.0f} failed attempts: a flood"
@@ -403,8 +426,12 @@ async def test_bad_credentials_reported_once_per_interval_and_nothing_lost(
     assert bucket in text and "InvalidAccessKeyId" in text and "access_key_id" in text
     assert reports[0]["retryable"] is False
     assert not ready["ready"] and any(bucket in p for p in ready["problems"])
-    assert not bucket_records(s3_auth_server.endpoint, bucket, aws_access_key_id=good["access_key_id"],
-                              aws_secret_access_key=good["secret_access_key"])
+    assert not bucket_records(
+        s3_auth_server.endpoint,
+        bucket,
+        aws_access_key_id=good["access_key_id"],
+        aws_secret_access_key=good["secret_access_key"],
+    )
 
     # The operator fixes the credentials and restarts: every event is delivered, once.
     app = App(config(good))

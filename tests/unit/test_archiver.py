@@ -35,8 +35,13 @@ class FlakyStore(LocalStore):
 def _events(n: int, tenants: int = 1, start: int = 0) -> list[bytes]:
     out = []
     for i in range(start, start + n):
-        rec = {"eventSource": "s3.amazonaws.com", "eventName": "PutObject", "eventID": f"e{i}",
-               "recipientAccountId": f"acct{i % tenants}", "awsRegion": "eu-west-1"}
+        rec = {
+            "eventSource": "s3.amazonaws.com",
+            "eventName": "PutObject",
+            "eventID": f"e{i}",
+            "recipientAccountId": f"acct{i % tenants}",
+            "awsRegion": "eu-west-1",
+        }
         (ev,) = Decoder().decode(orjson.dumps(rec))
         assert isinstance(ev, Event)
         out.append(encode_event(ev))
@@ -75,8 +80,12 @@ async def test_files_cut_by_max_events_and_partition(tmp_path: Path, journal: Jo
     async def listen(f: StoredFile) -> None:
         files.append(f)
 
-    arch = Archiver(journal, tracker_delivery(_tracker(max_events=10, max_age="100ms"), store, "w"),
-                    tmp_path / "state", [listen])
+    arch = Archiver(
+        journal,
+        tracker_delivery(_tracker(max_events=10, max_age="100ms"), store, "w"),
+        tmp_path / "state",
+        [listen],
+    )
     task = asyncio.create_task(arch.run())
     await journal.append(_events(45, tenants=2))
     await _drain(arch, journal, "archive.t")
@@ -92,8 +101,9 @@ async def test_files_cut_by_max_events_and_partition(tmp_path: Path, journal: Jo
 async def test_outage_keeps_events_in_journal_and_delivers_after(tmp_path: Path, journal: Journal) -> None:
     store = FlakyStore(tmp_path / "a")
     store.failing = True
-    arch = Archiver(journal, tracker_delivery(_tracker(max_events=5, max_age="50ms"), store, "w"),
-                    tmp_path / "state")
+    arch = Archiver(
+        journal, tracker_delivery(_tracker(max_events=5, max_age="50ms"), store, "w"), tmp_path / "state"
+    )
     task = asyncio.create_task(arch.run())
     await journal.append(_events(20))
     await asyncio.sleep(0.5)
@@ -114,8 +124,9 @@ async def test_crash_after_intent_rewrites_the_same_file(tmp_path: Path) -> None
     await journal.open()
     store = FlakyStore(tmp_path / "a")
     store.failing = True
-    arch = Archiver(journal, tracker_delivery(_tracker(max_events=7, max_age="10s"), store, "w"),
-                    tmp_path / "state")
+    arch = Archiver(
+        journal, tracker_delivery(_tracker(max_events=7, max_age="10s"), store, "w"), tmp_path / "state"
+    )
     task = asyncio.create_task(arch.run())
     await journal.append(_events(7))
     await asyncio.sleep(0.3)  # the file is cut (7 events) and its intent saved, but the store fails
@@ -129,8 +140,9 @@ async def test_crash_after_intent_rewrites_the_same_file(tmp_path: Path) -> None
     await journal.append(_events(3, start=7))
     store.failing = False
     # max_age differs now: without the recorded intent, the batch would be cut as 10 events.
-    arch = Archiver(journal, tracker_delivery(_tracker(max_events=1000, max_age="50ms"), store, "w"),
-                    tmp_path / "state")
+    arch = Archiver(
+        journal, tracker_delivery(_tracker(max_events=1000, max_age="50ms"), store, "w"), tmp_path / "state"
+    )
     task = asyncio.create_task(arch.run())
     await _drain(arch, journal, "archive.t")
     arch.stop()
@@ -149,8 +161,9 @@ async def test_replay_skips_what_was_stored(tmp_path: Path) -> None:
     journal = Journal(jdir, max_bytes=1 << 30)
     await journal.open()
     store = FlakyStore(tmp_path / "a")
-    arch = Archiver(journal, tracker_delivery(_tracker(max_events=5, max_age="1h"), store, "w"),
-                    tmp_path / "state")
+    arch = Archiver(
+        journal, tracker_delivery(_tracker(max_events=5, max_age="1h"), store, "w"), tmp_path / "state"
+    )
     task = asyncio.create_task(arch.run())
     # tenant acct0 gets 1 event (stays open), acct1 gets 5 (one file stored)
     evs = _events(12, tenants=2)
@@ -165,8 +178,9 @@ async def test_replay_skips_what_was_stored(tmp_path: Path) -> None:
     await journal.close()
     journal = Journal(jdir, max_bytes=1 << 30)
     await journal.open()
-    arch = Archiver(journal, tracker_delivery(_tracker(max_events=5, max_age="50ms"), store, "w"),
-                    tmp_path / "state")
+    arch = Archiver(
+        journal, tracker_delivery(_tracker(max_events=5, max_age="50ms"), store, "w"), tmp_path / "state"
+    )
     task = asyncio.create_task(arch.run())
     await _drain(arch, journal, "archive.t")
     arch.stop()
@@ -178,8 +192,9 @@ async def test_replay_skips_what_was_stored(tmp_path: Path) -> None:
 
 async def test_stop_stores_open_batches(tmp_path: Path, journal: Journal) -> None:
     store = FlakyStore(tmp_path / "a")
-    arch = Archiver(journal, tracker_delivery(_tracker(max_events=1000, max_age="1h"), store, "w"),
-                    tmp_path / "state")
+    arch = Archiver(
+        journal, tracker_delivery(_tracker(max_events=1000, max_age="1h"), store, "w"), tmp_path / "state"
+    )
     task = asyncio.create_task(arch.run())
     await journal.append(_events(33))
     await asyncio.sleep(0.2)

@@ -41,9 +41,12 @@ def test_embedded_default_is_the_config_file_and_valid() -> None:
 
 
 def test_every_problem_is_reported_with_its_yaml_path() -> None:
-    text = ISSUE_SHAPE.replace("max_age: 60s", "max_age: soon").replace(
-        "journal: {dir: var/journal", "journal: {dri: x, dir: var/journal"
-    ) + "trackerz: []\n"
+    text = (
+        ISSUE_SHAPE.replace("max_age: 60s", "max_age: soon").replace(
+            "journal: {dir: var/journal", "journal: {dri: x, dir: var/journal"
+        )
+        + "trackerz: []\n"
+    )
     with pytest.raises(ConfigError) as err:
         parse_config(text, "t.yaml")
     problems = "\n".join(err.value.problems)
@@ -60,12 +63,12 @@ def test_dangling_store_reference_names_the_path() -> None:
 
 def test_env_interpolation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TK_DIR", "/data/j")
-    c = parse_config(ISSUE_SHAPE.replace("dir: var/journal", "dir: \"${TK_DIR}\""))
+    c = parse_config(ISSUE_SHAPE.replace("dir: var/journal", 'dir: "${TK_DIR}"'))
     assert str(c.journal.dir) == "/data/j"
-    c = parse_config(ISSUE_SHAPE.replace("dir: var/journal", "dir: \"${TK_UNSET_X:-/fallback}\""))
+    c = parse_config(ISSUE_SHAPE.replace("dir: var/journal", 'dir: "${TK_UNSET_X:-/fallback}"'))
     assert str(c.journal.dir) == "/fallback"
     with pytest.raises(ConfigError) as err:
-        parse_config(ISSUE_SHAPE.replace("dir: var/journal", "dir: \"${TK_UNSET_X}\""))
+        parse_config(ISSUE_SHAPE.replace("dir: var/journal", 'dir: "${TK_UNSET_X}"'))
     assert "journal.dir: environment variable TK_UNSET_X is not set" in str(err.value)
 
 
@@ -74,8 +77,14 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     good.write_text(ISSUE_SHAPE)
     bad = tmp_path / "bad.yaml"
     bad.write_text(ISSUE_SHAPE.replace("max_events: 10000", "max_events: 0, colour: red"))
-    ok = subprocess.run([sys.executable, "-m", "daemon", "check-config", str(good)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "daemon", "check-config", str(good)], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
-    res = subprocess.run([sys.executable, "-m", "daemon", "check-config", str(bad)], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "daemon", "check-config", str(bad)], capture_output=True, text=True
+    )
     assert res.returncode == 1
-    assert "trackers[0].file.max_events" in res.stderr and "trackers[0].file.colour: unknown key" in res.stderr
+    assert (
+        "trackers[0].file.max_events" in res.stderr and "trackers[0].file.colour: unknown key" in res.stderr
+    )

@@ -83,9 +83,7 @@ def test_discriminated_unions_and_nested_models_get_a_section_per_variant() -> N
         """How long."""
 
     class Root(Strict):
-        stores: dict[str, Annotated[Disk | Bucket, Field(discriminator="type")]] = Field(
-            default_factory=dict
-        )
+        stores: dict[str, Annotated[Disk | Bucket, Field(discriminator="type")]] = Field(default_factory=dict)
         """Stores."""
 
     by_path = {sec.path: sec for sec in configdoc.sections(Root)}
@@ -119,4 +117,3 @@ def test_cli_check_passes_on_current_files_and_fails_on_stale_ones(
     readme.write_text(readme.read_text().replace("Disk budget", "Disk quota"))
     assert run("config-reference", "--check", str(readme)) == 1
     assert "stale" in capsys.readouterr().err
-

@@ -143,8 +143,17 @@ def test_container_config_binds_all_interfaces_and_keeps_state_on_the_volume(
 def test_checkov_passes(framework: str, target: list[str]) -> None:
     venv = lint_venv()
     proc = run(
-        [str(venv / "bin" / "checkov"), *target, "--framework", framework, "--compact",
-         "--quiet", "--skip-download", "--output", "json"],
+        [
+            str(venv / "bin" / "checkov"),
+            *target,
+            "--framework",
+            framework,
+            "--compact",
+            "--quiet",
+            "--skip-download",
+            "--output",
+            "json",
+        ],
         env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"},
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -268,8 +277,15 @@ def test_dashboard_is_generated_and_covers_each_area() -> None:
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     text = " ".join(dashboard_exprs())
-    for family in ("events_accepted", "events_rejected", "journal_lag", "ingest_to_archive",
-                   "notify_sent", "notify_failed", "archive_files"):
+    for family in (
+        "events_accepted",
+        "events_rejected",
+        "journal_lag",
+        "ingest_to_archive",
+        "notify_sent",
+        "notify_failed",
+        "archive_files",
+    ):
         assert f"trailkeeper_{family}" in text
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/trailkeeper.yaml").read_text())
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
@@ -335,9 +351,10 @@ def test_k8s_manifests_agree_with_the_config_and_the_image() -> None:
             assert doc["spec"]["selector"].items() <= labels.items()
     monitor = docs["ServiceMonitor/trailkeeper"]
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= docs["Service/trailkeeper"]["metadata"][
-        "labels"
-    ].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items()
+        <= docs["Service/trailkeeper"]["metadata"]["labels"].items()
+    )
 
 
 # --- compose ----------------------------------------------------------------------------------

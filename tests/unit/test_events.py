@@ -40,8 +40,13 @@ def test_every_stratus_record_is_accepted_with_canonical_fields() -> None:
 
 
 def test_opaque_ip_and_region_kept_verbatim() -> None:
-    rec = {"eventSource": "s3.amazonaws.com", "eventName": "PutObject", "sourceIPAddress": "255.090.254.5",
-           "awsRegion": "ap-isob-east-1r", "eventID": "x"}
+    rec = {
+        "eventSource": "s3.amazonaws.com",
+        "eventName": "PutObject",
+        "sourceIPAddress": "255.090.254.5",
+        "awsRegion": "ap-isob-east-1r",
+        "eventID": "x",
+    }
     (ev,) = _ok(Decoder().decode(orjson.dumps(rec)))
     assert ev.canonical["source_ip"] == "255.090.254.5"
     assert ev.canonical["region"] == "ap-isob-east-1r"
@@ -79,7 +84,9 @@ def test_envelope_cloudevents_and_arrays() -> None:
 def test_ndjson_mix_gives_a_reason_per_bad_line() -> None:
     good = orjson.dumps({"eventSource": "ec2.amazonaws.com", "eventName": "RunInstances", "eventID": "g1"})
     big = orjson.dumps({"eventSource": "x", "eventName": "y", "pad": "z" * 2000})
-    body = b"\n".join([good, b"{not json", b"42", big, b'{"eventName": "\xff\xfe"}', good.replace(b"g1", b"g2")])
+    body = b"\n".join(
+        [good, b"{not json", b"42", big, b'{"eventName": "\xff\xfe"}', good.replace(b"g1", b"g2")]
+    )
     items = Decoder(max_event_bytes=1000).decode(body, ndjson=True)
     assert [e.id for e in _ok(items)] == ["g1", "g2"]
     bad = {r.index: r for r in _bad(items)}
@@ -102,7 +109,11 @@ def test_missing_identity_fields_and_unknown_shape() -> None:
 
 
 def test_event_without_id_gets_a_content_derived_id() -> None:
-    rec = {"eventSource": "s3.amazonaws.com", "eventName": "PutBucketPolicy", "eventTime": "2024-01-01T00:00:00Z"}
+    rec = {
+        "eventSource": "s3.amazonaws.com",
+        "eventName": "PutBucketPolicy",
+        "eventTime": "2024-01-01T00:00:00Z",
+    }
     (a,) = _ok(Decoder().decode(orjson.dumps(rec)))
     (b,) = _ok(Decoder().decode(json.dumps(rec, indent=2).encode()))
     assert a.id == b.id and a.id.startswith("tk-")

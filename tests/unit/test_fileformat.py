@@ -34,3 +34,12 @@ def test_keys_are_deterministic_and_safe() -> None:
     assert safe_segment("../etc/passwd") == ".._etc_passwd"
     assert safe_segment("..") == "__"
     assert safe_segment(None) == "_unknown"
+
+
+def test_zstd_files_roundtrip_deterministically() -> None:
+    recs = [b'{"eventID":"a"}', b'{"eventID":"b"}']
+    built = fileformat.build(recs, compression="zstd", level=3)
+    assert built.data[:4] == fileformat.ZSTD_MAGIC
+    assert fileformat.read_records(built.data) == recs
+    assert fileformat.build(recs, compression="zstd", level=3).data == built.data
+    assert fileformat.extension("zstd") == "json.zst"

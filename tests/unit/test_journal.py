@@ -10,7 +10,9 @@ from daemon.journal import Journal, JournalError, JournalFull
 
 
 async def _open(path: Path, **kw: int) -> Journal:
-    j = Journal(path, max_bytes=kw.pop("max_bytes", 64 * 1024 * 1024), segment_bytes=kw.pop("segment_bytes", 4096))
+    j = Journal(
+        path, max_bytes=kw.pop("max_bytes", 64 * 1024 * 1024), segment_bytes=kw.pop("segment_bytes", 4096)
+    )
     await j.open(consumers=["a", "b"])
     return j
 

@@ -44,13 +44,17 @@ def test_missing_env_secret_names_the_yaml_path(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("S3_SECRET_ACCESS_KEY", raising=False)
     with pytest.raises(ConfigError) as err:
         parse_config(uncommented_s3_example())
-    assert any(p.startswith("stores.offsite.access_key_id: environment variable S3_ACCESS_KEY_ID")
-               for p in err.value.problems)
+    assert any(
+        p.startswith("stores.offsite.access_key_id: environment variable S3_ACCESS_KEY_ID")
+        for p in err.value.problems
+    )
 
 
 def test_store_type_errors_point_at_the_yaml_path() -> None:
     with pytest.raises(ConfigError) as err:
-        parse_config("stores:\n  local: {type: local}\n  b: {type: s3, bucket: x1, sse: rot13, colour: red}\n")
+        parse_config(
+            "stores:\n  local: {type: local}\n  b: {type: s3, bucket: x1, sse: rot13, colour: red}\n"
+        )
     assert "stores.b.sse: Input should be 'AES256' or 'aws:kms'" in err.value.problems
     assert "stores.b.colour: unknown key (check its spelling and indentation)" in err.value.problems
 
@@ -60,8 +64,10 @@ def test_backup_jobs_reference_existing_distinct_stores() -> None:
     ok = parse_config(base + "backup:\n  jobs:\n    - {name: offsite, from: local, to: b, interval: 10m}\n")
     assert ok.backup.jobs[0].source == "local" and ok.backup.jobs[0].interval == 600
     with pytest.raises(ConfigError) as err:
-        parse_config(base + "backup:\n  jobs:\n    - {name: j, from: local, to: nowhere}\n"
-                            "    - {name: j, from: b, to: b}\n")
+        parse_config(
+            base + "backup:\n  jobs:\n    - {name: j, from: local, to: nowhere}\n"
+            "    - {name: j, from: b, to: b}\n"
+        )
     text = "; ".join(err.value.problems)
     assert "a backup needs a second store" in text
 

@@ -14,15 +14,22 @@ import pytest
 from daemon.rules.cli import main
 from tests.unit.rules.conftest import shared_data
 
-ENVELOPE = {"Records": [
-    {"eventID": "e1", "eventSource": "cloudtrail.amazonaws.com", "eventName": "StopLogging"},
-    {"eventID": "e2", "eventSource": "ec2.amazonaws.com", "eventName": "DescribeInstances"},
-]}
+ENVELOPE = {
+    "Records": [
+        {"eventID": "e1", "eventSource": "cloudtrail.amazonaws.com", "eventName": "StopLogging"},
+        {"eventID": "e2", "eventSource": "ec2.amazonaws.com", "eventName": "DescribeInstances"},
+    ]
+}
 
 
 def run(argv: list[str], stdin: bytes = b"") -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "daemon.rules.cli", *argv], input=stdin,
-                          capture_output=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon.rules.cli", *argv],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
@@ -40,8 +47,9 @@ def test_match_prints_one_exact_json_line_per_event(tmp_path: Path) -> None:
     assert list(json.loads(lines[0])) == ["id", "operation", "matches"]
 
 
-def call(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-         stdin: bytes = b"") -> tuple[int, str, str]:
+def call(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, stdin: bytes = b""
+) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
     code = main(argv)
     captured = capsys.readouterr()
@@ -59,7 +67,8 @@ def test_match_reads_stdin_ndjson_and_cts_and_reports_refused_items(
     assert code == 1
     [line] = out.splitlines()
     assert json.loads(line)["matches"] == [
-        {"rule": "cts.ecs.server-stopped-or-rebooted", "category": "high_risk", "severity": "medium"}]
+        {"rule": "cts.ecs.server-stopped-or-rebooted", "category": "high_risk", "severity": "medium"}
+    ]
     assert "-: item 1: refused: unknown_format" in err
 
 
@@ -80,8 +89,9 @@ def test_bad_rule_file_exits_2_naming_rule_and_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("rules:\n  - {id: x.y, category: high_risk, severity: high, "
-                   "match: {operation: [{prefx: A}]}}\n")
+    bad.write_text(
+        "rules:\n  - {id: x.y, category: high_risk, severity: high, match: {operation: [{prefx: A}]}}\n"
+    )
     code, _, err = call(["rules", "list", "--rules", str(bad)], capsys, monkeypatch)
     assert code == 2
     assert f"{bad}: rule 'x.y': match.operation[0].prefx" in err

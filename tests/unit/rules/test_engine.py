@@ -25,10 +25,23 @@ def event(record: dict[str, Any]) -> Event:
     return decode_entry(0, encode_event(item)).event()
 
 
-OPS = ["DeleteTrail", "StopLogging", "deleteUser", "DescribeInstances", "UpdateFunctionCode20150331v2",
-       "ConsoleLogin", "GetParameters"]
-SERVICES = ["cloudtrail.amazonaws.com", "iam.amazonaws.com", "IAM", "lambda.amazonaws.com",
-            "signin.amazonaws.com", "ssm.amazonaws.com"]
+OPS = [
+    "DeleteTrail",
+    "StopLogging",
+    "deleteUser",
+    "DescribeInstances",
+    "UpdateFunctionCode20150331v2",
+    "ConsoleLogin",
+    "GetParameters",
+]
+SERVICES = [
+    "cloudtrail.amazonaws.com",
+    "iam.amazonaws.com",
+    "IAM",
+    "lambda.amazonaws.com",
+    "signin.amazonaws.com",
+    "ssm.amazonaws.com",
+]
 CODES = [None, "AccessDenied", "Client.UnauthorizedOperation", "403"]
 
 
@@ -42,8 +55,10 @@ def random_pattern(rng: random.Random) -> dict[str, Any]:
     elif shape == 3:
         p["operation"] = [{"equals-ignore-case": rng.choice(OPS).upper()}, rng.choice(OPS)]
     elif shape == 4:
-        p["$or"] = [{"operation": [rng.choice(OPS)]}, {"operation": [rng.choice(OPS)], "code": [
-            {"exists": True}]}]
+        p["$or"] = [
+            {"operation": [rng.choice(OPS)]},
+            {"operation": [rng.choice(OPS)], "code": [{"exists": True}]},
+        ]
     elif shape == 5:
         p["code"] = [{"prefix": "Access"}, {"wildcard": "*Unauthorized*"}]
     elif shape == 6:
@@ -97,20 +112,31 @@ def test_rules_of_service_and_operation_only_need_no_further_check() -> None:
 
 
 def test_record_is_parsed_only_when_a_candidate_reads_it() -> None:
-    engine = RuleEngine([
-        rule("mfa", {"operation": ["ConsoleLogin"], "record": {"additionalEventData": {"MFAUsed": ["No"]}}}),
-    ], metrics=False)
+    engine = RuleEngine(
+        [
+            rule(
+                "mfa", {"operation": ["ConsoleLogin"], "record": {"additionalEventData": {"MFAUsed": ["No"]}}}
+            ),
+        ],
+        metrics=False,
+    )
     other = event({"eventSource": "ec2.amazonaws.com", "eventName": "DescribeInstances"})
     assert engine.match(other) == []
     assert other._parsed is None
-    login = event({"eventSource": "signin.amazonaws.com", "eventName": "ConsoleLogin",
-                   "additionalEventData": {"MFAUsed": "No"}})
+    login = event(
+        {
+            "eventSource": "signin.amazonaws.com",
+            "eventName": "ConsoleLogin",
+            "additionalEventData": {"MFAUsed": "No"},
+        }
+    )
     assert [m.rule for m in engine.match(login)] == ["mfa"]
 
 
 def _counter(rule_id: str) -> float:
     value = REGISTRY.get_sample_value(
-        "trailkeeper_rule_matches_total", {"rule": rule_id, "category": "metrics_test"})
+        "trailkeeper_rule_matches_total", {"rule": rule_id, "category": "metrics_test"}
+    )
     return value or 0.0
 
 

@@ -41,8 +41,9 @@ rules:
     with pytest.raises(RuleLoadError) as info:
         parse_rule_text(text, "team.yaml")
     problems = info.value.problems
-    assert any(p.startswith("team.yaml: rule 'team.bad-prefix': match.operation[0].prefx:")
-               for p in problems), problems
+    assert any(
+        p.startswith("team.yaml: rule 'team.bad-prefix': match.operation[0].prefx:") for p in problems
+    ), problems
     assert any(p.startswith("team.yaml: rule 'team.bad-severity': severity:") for p in problems)
     assert any(p.startswith("team.yaml: rule 'team.bad-key': mtach: unknown key") for p in problems)
     assert any(p.startswith("team.yaml: rule 'team.bad-key': match: required") for p in problems)
@@ -85,8 +86,7 @@ disable: [cis.4.1-unauthorized-api-calls]
     # The override keeps the built-in rule's position.
     order = [r.id for r in rules]
     assert order.index("cis.4.4-iam-policy-changes") < order.index("cis.4.5-cloudtrail-changes")
-    assert order.index("cis.4.5-cloudtrail-changes") < order.index(
-        "cis.4.6-console-authentication-failures")
+    assert order.index("cis.4.5-cloudtrail-changes") < order.index("cis.4.6-console-authentication-failures")
     assert "cis.4.1-unauthorized-api-calls" not in by_id
     assert "cis.4.3-root-usage" not in by_id
     assert "my.stop-logging" in by_id

@@ -15,8 +15,19 @@ from daemon.rules.examples import run_examples
 from daemon.rules.loader import builtin_pack_names, load_rules
 from daemon.rules.model import KEY_CATEGORIES, SEVERITIES
 
-READ_VERBS = ("Describe", "List", "Get", "Head", "Lookup", "Search", "describe", "list", "get",
-              "show", "query")
+READ_VERBS = (
+    "Describe",
+    "List",
+    "Get",
+    "Head",
+    "Lookup",
+    "Search",
+    "describe",
+    "list",
+    "get",
+    "show",
+    "query",
+)
 # State-changing calls whose names start like reads: each is a documented key operation.
 READ_LIKE_KEY_OPERATIONS = {
     "GetFederationToken",  # mints credentials (readOnly false); Stratus sts-federation-token
@@ -29,8 +40,7 @@ def engine() -> RuleEngine:
 
 
 def test_packs_ship_with_the_package() -> None:
-    assert builtin_pack_names() == ["aws-cis.yaml", "aws-key-operations.yaml",
-                                    "cts-key-operations.yaml"]
+    assert builtin_pack_names() == ["aws-cis.yaml", "aws-key-operations.yaml", "cts-key-operations.yaml"]
 
 
 def test_every_builtin_example_behaves_and_every_rule_has_both_kinds(engine: RuleEngine) -> None:
@@ -111,8 +121,9 @@ def cts(name: str, service: str, **fields: Any) -> Event:
         ("ECS", "resizeServer", "cts.ecs.server-resized"),
     ],
 )
-def test_cts_key_operations_normal_and_failed(engine: RuleEngine, service: str, operation: str,
-                                             rule_id: str) -> None:
+def test_cts_key_operations_normal_and_failed(
+    engine: RuleEngine, service: str, operation: str, rule_id: str
+) -> None:
     normal = cts(operation, service, trace_rating="normal", code="200")
     failed = cts(operation, service, code=403)  # no trace_rating given: derived from the code
     failed_given = cts(operation, service, trace_rating="warning", code="500")
@@ -126,8 +137,13 @@ def test_cts_key_operations_normal_and_failed(engine: RuleEngine, service: str, 
 
 
 def test_cts_reads_are_not_flagged(engine: RuleEngine) -> None:
-    for service, operation in [("ECS", "showServer"), ("IAM", "listUsers"), ("CTS", "listTraces"),
-                               ("VPC", "listSecurityGroups"), ("OBS", "listBuckets")]:
+    for service, operation in [
+        ("ECS", "showServer"),
+        ("IAM", "listUsers"),
+        ("CTS", "listTraces"),
+        ("VPC", "listSecurityGroups"),
+        ("OBS", "listBuckets"),
+    ]:
         assert engine.match(cts(operation, service, code="200")) == []
 
 
@@ -140,7 +156,8 @@ def test_cts_failed_login(engine: RuleEngine) -> None:
 def test_cloudtrail_failed_call_is_classified_and_rated_warning(engine: RuleEngine) -> None:
     [ok] = Decoder().decode(b'{"eventSource":"iam.amazonaws.com","eventName":"DeleteUser"}')
     [bad] = Decoder().decode(
-        b'{"eventSource":"iam.amazonaws.com","eventName":"DeleteUser","errorCode":"NoSuchEntity"}')
+        b'{"eventSource":"iam.amazonaws.com","eventName":"DeleteUser","errorCode":"NoSuchEntity"}'
+    )
     assert isinstance(ok, Event) and isinstance(bad, Event)
     assert ok.canonical["rating"] == "normal" and bad.canonical["rating"] == "warning"
     assert "aws.iam.user-lifecycle" in [m.rule for m in engine.match(bad)]

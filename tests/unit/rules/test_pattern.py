@@ -9,8 +9,9 @@ import pytest
 from daemon.rules.pattern import Pattern, PatternError
 
 
-def m(pattern: dict[str, Any], canonical: dict[str, Any] | None = None,
-      record: dict[str, Any] | None = None) -> bool:
+def m(
+    pattern: dict[str, Any], canonical: dict[str, Any] | None = None, record: dict[str, Any] | None = None
+) -> bool:
     return Pattern(pattern).matches(canonical or {}, record or {})
 
 
@@ -49,10 +50,12 @@ def test_anything_but_forms() -> None:
     assert m({"region": [{"anything-but": {"prefix": "us-"}}]}, {"region": "eu-west-1"})
     assert not m({"region": [{"anything-but": {"prefix": "us-"}}]}, {"region": "us-west-2"})
     assert not m({"resource_name": [{"anything-but": {"suffix": ".png"}}]}, {"resource_name": "x.png"})
-    assert not m({"region": [{"anything-but": {"equals-ignore-case": ["US-EAST-1"]}}]},
-                 {"region": "us-east-1"})
-    assert not m({"resource_name": [{"anything-but": {"wildcard": "*/lib/*"}}]},
-                 {"resource_name": "/usr/lib/x"})
+    assert not m(
+        {"region": [{"anything-but": {"equals-ignore-case": ["US-EAST-1"]}}]}, {"region": "us-east-1"}
+    )
+    assert not m(
+        {"resource_name": [{"anything-but": {"wildcard": "*/lib/*"}}]}, {"resource_name": "/usr/lib/x"}
+    )
     assert m({"resource_name": [{"anything-but": {"wildcard": "*/lib/*"}}]}, {"resource_name": "/usr/x"})
 
 
@@ -118,10 +121,13 @@ def test_event_arrays_match_if_any_element_does() -> None:
 
 
 def test_or_at_top_and_nested() -> None:
-    p = {"operation": ["ConsoleLogin"], "$or": [
-        {"error": ["Failed authentication"]},
-        {"record": {"responseElements": {"ConsoleLogin": ["Failure"]}}},
-    ]}
+    p = {
+        "operation": ["ConsoleLogin"],
+        "$or": [
+            {"error": ["Failed authentication"]},
+            {"record": {"responseElements": {"ConsoleLogin": ["Failure"]}}},
+        ],
+    }
     assert m(p, {"operation": "ConsoleLogin", "error": "Failed authentication"})
     assert m(p, {"operation": "ConsoleLogin"}, {"responseElements": {"ConsoleLogin": "Failure"}})
     assert not m(p, {"operation": "ConsoleLogin"}, {"responseElements": {"ConsoleLogin": "Success"}})
@@ -134,7 +140,10 @@ def test_uses_record_and_fields() -> None:
     assert not Pattern({"operation": ["A"]}).uses_record
     assert Pattern({"$or": [{"operation": ["A"]}, {"record": {"x": ["1"]}}]}).uses_record
     assert Pattern({"operation": ["A"], "$or": [{"code": ["x"]}, {"user_type": ["y"]}]}).fields == {
-        "operation", "code", "user_type"}
+        "operation",
+        "code",
+        "user_type",
+    }
 
 
 @pytest.mark.parametrize(
@@ -149,8 +158,11 @@ def test_uses_record_and_fields() -> None:
         ({"source_ip": [{"cidr": "10.0.0.0/33"}]}, "match.source_ip[0].cidr", "CIDR"),
         ({"code": [{"wildcard": "a**b"}]}, "match.code[0].wildcard", "consecutive"),
         ({"code": [{"exists": "yes"}]}, "match.code[0].exists", "true or false"),
-        ({"code": [{"anything-but": {"contains": "x"}}]}, "match.code[0].anything-but.contains",
-         "anything-but"),
+        (
+            {"code": [{"anything-but": {"contains": "x"}}]},
+            "match.code[0].anything-but.contains",
+            "anything-but",
+        ),
         ({"$or": {}}, "match.$or", "non-empty list"),
         ({"record": {"a": {}}}, "match.record.a", "empty mapping"),
         ({}, "match", "every event"),

@@ -28,8 +28,7 @@ rules:
 
 
 def ev(name: str) -> Event:
-    [item] = Decoder().decode(orjson.dumps({"eventSource": "cloudtrail.amazonaws.com",
-                                            "eventName": name}))
+    [item] = Decoder().decode(orjson.dumps({"eventSource": "cloudtrail.amazonaws.com", "eventName": name}))
     assert isinstance(item, Event)
     return item
 

@@ -17,9 +17,15 @@ from tests.unit.rules.conftest import stratus_dir
 # Every successful read-only call in the data. Listed so that each one is checked by name
 # and a change in the data shows up here.
 ROUTINE_READS = {
-    "AssumeRole", "DescribeInstanceInformation", "DescribeInstances", "DescribeParameters",
-    "GetCallerIdentity", "GetCommandInvocation", "GetFoundationModelAvailability",
-    "ListFoundationModelAgreementOffers", "ListSecrets",
+    "AssumeRole",
+    "DescribeInstanceInformation",
+    "DescribeInstances",
+    "DescribeParameters",
+    "GetCallerIdentity",
+    "GetCommandInvocation",
+    "GetFoundationModelAvailability",
+    "ListFoundationModelAgreementOffers",
+    "ListSecrets",
 }
 # Reads of secrets, passwords and credentials: flagged, but never in a key category.
 # (GetPasswordData is in the data too, but only refused: see the last test.)
@@ -52,16 +58,32 @@ def test_every_state_changing_call_is_matched_in_a_key_category(classified: Clas
     missed = [e.parsed["eventName"] for e, _, cats in changing if not cats & set(KEY_CATEGORIES)]
     assert missed == []
     names = {e.parsed["eventName"] for e, _, _ in changing}
-    for technique_call in ("StopLogging", "DeleteTrail", "PutEventSelectors", "CreateUser",
-                           "AttachUserPolicy", "CreateAccessKey", "CreateLoginProfile",
-                           "UpdateAssumeRolePolicy", "DeleteFlowLogs",
-                           "DeleteResolverQueryLogConfig",
-                           "LeaveOrganization", "ModifySnapshotAttribute",
-                           "ModifyImageAttribute", "ModifyInstanceAttribute", "ConsoleLogin",
-                           "GetFederationToken", "SendCommand", "StartSession", "SendSSHPublicKey",
-                           "CreateTrustAnchor", "UpdateFunctionCode20150331v2",
-                           "AddPermission20150331v2", "ModifyDBSnapshotAttribute",
-                           "AuthorizeSecurityGroupIngress"):
+    for technique_call in (
+        "StopLogging",
+        "DeleteTrail",
+        "PutEventSelectors",
+        "CreateUser",
+        "AttachUserPolicy",
+        "CreateAccessKey",
+        "CreateLoginProfile",
+        "UpdateAssumeRolePolicy",
+        "DeleteFlowLogs",
+        "DeleteResolverQueryLogConfig",
+        "LeaveOrganization",
+        "ModifySnapshotAttribute",
+        "ModifyImageAttribute",
+        "ModifyInstanceAttribute",
+        "ConsoleLogin",
+        "GetFederationToken",
+        "SendCommand",
+        "StartSession",
+        "SendSSHPublicKey",
+        "CreateTrustAnchor",
+        "UpdateFunctionCode20150331v2",
+        "AddPermission20150331v2",
+        "ModifyDBSnapshotAttribute",
+        "AuthorizeSecurityGroupIngress",
+    ):
         assert technique_call in names
 
 
@@ -71,8 +93,11 @@ def test_console_login_without_mfa_is_the_cis_rule(classified: Classified) -> No
 
 
 def test_no_routine_read_only_call_is_matched_by_a_key_category_rule(classified: Classified) -> None:
-    reads = [(e, rules, cats) for e, rules, cats in classified
-             if e.parsed["readOnly"] is True and not e.parsed.get("errorCode")]
+    reads = [
+        (e, rules, cats)
+        for e, rules, cats in classified
+        if e.parsed["readOnly"] is True and not e.parsed.get("errorCode")
+    ]
     seen = Counter(e.parsed["eventName"] for e, _, _ in reads)
     assert set(seen) == ROUTINE_READS | SENSITIVE_READS | USAGE_READS
     for event, rules, cats in reads:
@@ -87,8 +112,11 @@ def test_no_routine_read_only_call_is_matched_by_a_key_category_rule(classified:
 
 
 def test_refused_calls_match_only_the_cis_unauthorized_rule_among_key_rules(classified: Classified) -> None:
-    denied_reads = [(e, rules, cats) for e, rules, cats in classified
-                    if e.parsed["readOnly"] is True and e.parsed.get("errorCode")]
+    denied_reads = [
+        (e, rules, cats)
+        for e, rules, cats in classified
+        if e.parsed["readOnly"] is True and e.parsed.get("errorCode")
+    ]
     assert denied_reads
     for event, rules, _ in denied_reads:
         key_rules = {r for r in rules if r != "aws.ec2.password-data-read"}
