@@ -153,6 +153,48 @@ RULES_RELOADS = Counter(
 )
 
 
+# --- notifications --------------------------------------------------------------------------
+# Labels: topic and protocol are config names (bounded); never subscriber or event values.
+NOTIFY_SENT = Counter(
+    "trailkeeper_notify_sent_total",
+    "Notifications delivered, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_FAILED = Counter(
+    "trailkeeper_notify_failed_total",
+    "Failed delivery attempts, by topic, protocol and reason (connect, timeout, tls, http_4xx, "
+    "http_5xx, throttled, rejected, smtp, sns).",
+    ["topic", "protocol", "reason"],
+    registry=REGISTRY,
+)
+NOTIFY_RETRIED = Counter(
+    "trailkeeper_notify_retried_total",
+    "Delivery attempts that were retries, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_DEAD_LETTERED = Counter(
+    "trailkeeper_notify_dead_lettered_total",
+    "Notifications parked in the dead-letter store, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_QUEUE_DEPTH = Gauge(
+    "trailkeeper_notify_queue_depth",
+    "Notifications waiting in the outboxes, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_LATENCY = Histogram(
+    "trailkeeper_ingest_to_notify_seconds",
+    "Time from ingest of the (first) event to delivery of its notification.",
+    ["topic", "protocol"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """structlog to stderr: JSON lines in production, one event name per line."""
     renderer: Any = (
