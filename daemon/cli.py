@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--token", help="producer bearer token")
     send.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     send.set_defaults(func=_cmd_send)
+
+    from daemon.notify.cli import register as register_notify
+
+    register_notify(sub)
     return parser
 
 

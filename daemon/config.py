@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from daemon.notify.config import NotifyConfig
 from daemon.rules.config import RulesConfig
 from daemon.stores import StoreConfig
 from daemon.stores.local import LocalStoreConfig
@@ -104,6 +105,7 @@ class Config(Strict):
     quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
     trackers: list[TrackerConfig] = Field(default_factory=_default_trackers)
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -319,3 +319,20 @@ class Notifier:
         key = id(sub)
         targets[key] = sub
         out[key].append((mid, ingest_ms, {"title": rendered.title, "text": rendered.text, "doc": doc}))
+
+
+CONFIRM_ROUTE = "/v1/subscriptions/{topic}/{subscription}/confirm"
+
+
+def enabled(config: NotifyConfig) -> bool:
+    """Notifications run (and hold a journal cursor) only when some route reaches a topic."""
+    return bool(config.routes) and any(t.subscriptions for t in config.topics.values())
+
+
+async def build(journal: Journal, config: Any, state_dir: Path, public_url: str) -> Notifier:
+    """The notifier for a root Config: loads the rules (off the event loop) and compiles routes."""
+    from daemon.rules.pattern import compile_pattern
+    from daemon.rules.ruleset import RuleSet
+
+    rules = await asyncio.to_thread(RuleSet, config.rules)
+    return Notifier(journal, config.notify, rules, compile_pattern, state_dir, public_url)
