@@ -49,7 +49,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return 2
     boxes = _outboxes(state, args.subscription)
     if args.subscription and not boxes:
-        print(f"error: no outbox for subscription {args.subscription!r} under {state}/notify", file=sys.stderr)
+        print(f"error: no outbox for {args.subscription!r} under {state}/notify", file=sys.stderr)
         return 1
     total = 0
     for name, path in boxes:
@@ -80,7 +80,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return 2
     boxes = _outboxes(state, args.subscription)
     if args.subscription and not boxes:
-        print(f"error: no outbox for subscription {args.subscription!r} under {state}/notify", file=sys.stderr)
+        print(f"error: no outbox for {args.subscription!r} under {state}/notify", file=sys.stderr)
         return 1
     total = 0
     for _, path in boxes:
