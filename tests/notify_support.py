@@ -27,8 +27,6 @@ def _stratus() -> Path:
     pytest.skip("shared data (shared/data/cloudtrail-stratus) not found beside the checkout")
 
 
-
-
 @dataclass
 class Received:
     at: float
