@@ -178,6 +178,7 @@ class Notifier:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._committed = 0
+        self._commit_task: asyncio.Task[None] | None = None
         journal.register(CURSOR)
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -219,11 +220,13 @@ class Notifier:
 
     async def _loop(self, reader: JournalReader) -> None:
         last_commit = time.monotonic()
+        unsynced: set[_Sub] = set()
         while True:
             stopping = self._stopping.is_set()
             deadline = self.grouper.next_deadline()
             timeout = 0.5 if deadline is None else min(0.5, max(0.0, deadline - time.time()))
-            entries = await reader.read(2000, timeout=0.0 if stopping else timeout)
+            # Modest batches: classifying one is a synchronous stretch on the event loop.
+            entries = await reader.read(500, timeout=0.0 if stopping else timeout)
             out: dict[int, list[tuple[str, int, dict[str, Any]]]] = defaultdict(list)
             targets: dict[int, _Sub] = {}
             now = time.time()
@@ -245,9 +248,10 @@ class Notifier:
                     self._render_into(sub, mid, ingest_ms, doc, out, targets)
                 flushed.append(gid)
             if out:
-                await asyncio.gather(*(targets[k].outbox.add(rows) for k, rows in out.items()))
-                for k in out:
-                    targets[k].worker.wake()
+                # Each worker is woken as soon as its own outbox holds the messages: a slow
+                # outbox (a busy dead subscription) does not hold back a healthy one.
+                await asyncio.gather(*(self._add(targets[k], rows) for k, rows in out.items()))
+                unsynced.update(targets[k] for k in out)
             for gid in flushed:
                 self.grouper.sent(gid, now)
             self.grouper.prune(now, self._committed)
@@ -257,14 +261,37 @@ class Notifier:
             held = self.grouper.oldest_held()
             if held is not None:
                 target = min(target, held)
-            if target > self._committed and (
-                stopping or not entries or time.monotonic() - last_commit >= COMMIT_EVERY
+            if self._commit_task is not None and self._commit_task.done():
+                task, self._commit_task = self._commit_task, None
+                task.result()  # a disk failure stops the notifier (and the daemon)
+            if (
+                self._commit_task is None
+                and target > self._committed
+                and (stopping or not entries or time.monotonic() - last_commit >= COMMIT_EVERY)
             ):
-                await self.journal.commit(CURSOR, target)
-                self._committed = target
+                # In the background: reading and routing go on while the disk syncs.
+                boxes, unsynced = list(unsynced), set()
+                self._commit_task = asyncio.create_task(self._commit(boxes, target))
                 last_commit = time.monotonic()
             if stopping and not entries:
+                if self._commit_task is not None:
+                    await self._commit_task
+                    self._commit_task = None
+                if target > self._committed:
+                    await self._commit(list(unsynced), target)
                 return
+
+    async def _commit(self, boxes: list[_Sub], target: int) -> None:
+        """Messages must be power-safe in the outboxes before the journal may forget the
+        events behind them: sync the outboxes written since the last commit, then commit."""
+        await asyncio.gather(*(sub.outbox.sync() for sub in boxes))
+        await self.journal.commit(CURSOR, target)
+        self._committed = target
+
+    @staticmethod
+    async def _add(sub: _Sub, rows: list[tuple[str, int, dict[str, Any]]]) -> None:
+        await sub.outbox.add(rows)
+        sub.worker.wake()
 
     def _take(
         self,
