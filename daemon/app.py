@@ -20,11 +20,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon import telemetry
 from daemon.archive.archiver import Archiver, Delivery
-from daemon.archive.tracker import quarantine_delivery, tracker_delivery
-from daemon.config import Config
+from daemon.archive.backup import Backup
+from daemon.archive.retention import Retention
+from daemon.archive.tracker import quarantine_delivery, tracker_delivery, tracker_filter
+from daemon.config import Config, ConfigError, load_config
+from daemon.decodepool import DecodePool, default_workers
 from daemon.intake import Intake
+from daemon.integrity.runtime import Integrity
 from daemon.journal import Journal
 from daemon.notify import notifier as notify_mod
+from daemon.rules.ruleset import RuleSet
 from daemon.sources.http import HttpIngest
 from daemon.stores import build_store
 from daemon.stores.base import Store, StoreError
@@ -58,8 +63,11 @@ def resolve_writer_id(config: Config) -> str:
 class App:
     """The running daemon. ``start`` then ``stop``; or ``serve`` until a signal."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        """Build the components. Raises RuleLoadError when the rules are bad."""
         self.config = config
+        self.config_path = config_path
+        self.rules = RuleSet(config.rules)
         self.writer_id = ""
         self.stores: dict[str, Store] = {}
         self.journal = Journal(
@@ -69,12 +77,18 @@ class App:
             fsync=config.journal.fsync,
         )
         self.intake = Intake(self.journal)
+        self.decode_pool: DecodePool | None = None
         self.archivers: list[Archiver] = []
+        self.integrity: Integrity | None = None
         self.notifier: notify_mod.Notifier | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._aux_tasks: list[asyncio.Task[None]] = []
+        self.retention: Retention | None = None
+        self.backup: Backup | None = None
         self._runners: list[web.AppRunner] = []
         self._stop_requested = asyncio.Event()
         self._signals = 0
+        self._reloads: set[asyncio.Task[bool]] = set()
         self.http_port: int | None = None
         self.metrics_port: int | None = None
 
@@ -84,7 +98,9 @@ class App:
         c = self.config
         out = [quarantine_delivery(c.quarantine, self.stores[c.quarantine.store], self.writer_id)]
         for tracker in c.trackers:
-            out.append(tracker_delivery(tracker, self.stores[tracker.store], self.writer_id))
+            out.append(
+                tracker_delivery(tracker, self.stores[tracker.store], self.writer_id, tracker_filter(tracker))
+            )
         return out
 
     async def start(self) -> None:
@@ -108,19 +124,29 @@ class App:
             backlog={name: report.end_offset - off for name, off in report.cursors.items()},
         )
         state_dir = c.journal.dir / "state"
+        self.integrity = Integrity(c, self.stores, self.writer_id)
+        await self.integrity.start()
         for d in deliveries:
-            archiver = Archiver(self.journal, d, state_dir)
+            archiver = Archiver(self.journal, d, state_dir, self.integrity.listeners(d.name))
             self.archivers.append(archiver)
             self._tasks.append(asyncio.create_task(self._guard(archiver.run(), d.cursor)))
+        self.retention = Retention.from_config(c.retention, c.trackers, self.stores)
+        self.backup = Backup.from_config(c.backup, self.stores, state_dir)
+        self._aux_tasks = [
+            asyncio.create_task(self._guard(self.retention.run(), "retention")),
+            asyncio.create_task(self._guard(self.backup.run(), "backup")),
+        ]
         api = web.Application(client_max_size=(c.ingest.http.max_body_bytes if c.ingest.http else 1024**2))
         api.router.add_get("/healthz", self._healthz)
         api.router.add_get("/readyz", self._readyz)
         if c.ingest.http is not None:
-            HttpIngest(c.ingest.http, self.intake).add_routes(api)
+            workers = c.ingest.http.decode_workers
+            self.decode_pool = DecodePool(default_workers() if workers is None else workers)
+            HttpIngest(c.ingest.http, self.intake, self.decode_pool).add_routes(api)
             api.router.add_get(notify_mod.CONFIRM_ROUTE, self._confirm_subscription)
             self.http_port = await self._listen(api, c.ingest.http.listen)
         if notify_mod.enabled(c.notify):
-            self.notifier = await notify_mod.build(self.journal, c, state_dir, self._public_url())
+            self.notifier = notify_mod.build(self.journal, c, state_dir, self._public_url(), self.rules)
             await self.notifier.start()
         if c.metrics.listen:
             metrics = web.Application()
@@ -215,6 +241,25 @@ class App:
         log.info("app.stopping", signal=signal.Signals(signum).name)
         self.request_stop()
 
+    def _on_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> bool:
+        """Re-read the config file and swap in its rules (SIGHUP).
+
+        Never raises: a bad config or bad rules are logged and the ones in force stay.
+        Components other than the rules keep the config they started with.
+        """
+        log.info("app.reloading", config=self.config_path or "embedded default")
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("app.reload_failed", problems=exc.problems, action="fix the file and send SIGHUP again")
+            return False
+        return await self.rules.reload_async(config.rules)
+
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop intake, store open files (waiting up to ``grace`` s for a failing store), close."""
         for runner in self._runners:
@@ -222,14 +267,30 @@ class App:
         self._runners.clear()
         if self.notifier is not None:
             await self.notifier.stop()
+        for aux in (self.retention, self.backup):
+            if aux is not None:
+                aux.stop()
         for archiver in self.archivers:
             archiver.stop(deadline=grace)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._aux_tasks:
+            # A sweep or a backup round may be waiting on a slow store: it is safe to cut
+            # short (both record progress durably and resume on the next start).
+            _done, pending = await asyncio.wait(self._aux_tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._aux_tasks, return_exceptions=True)
+        if self.integrity is not None:
+            # After the archivers: the chain-end digest must list their last files.
+            await self.integrity.stop(grace)
         await self.journal.close()
+        if self.decode_pool is not None:
+            self.decode_pool.close()
         for store in self.stores.values():
             with contextlib.suppress(Exception):
                 await store.close()
+        self.rules.flush_metrics()
         log.info("app.stopped", end_offset=self.journal.end_offset)
 
     async def serve(self) -> None:
@@ -237,6 +298,7 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         try:
             await self.start()
             await self._stop_requested.wait()

@@ -119,6 +119,130 @@ ARCHIVE_LAST_SUCCESS = Gauge(
     registry=REGISTRY,
 )
 
+# --- stores ---------------------------------------------------------------------------------
+STORE_OPERATIONS = Counter(
+    "trailkeeper_store_operations_total",
+    "Store calls by store, operation (put, get, head, list, delete, check) and result "
+    "(ok, unavailable, permanent, conflict, missing).",
+    ["store", "operation", "result"],
+    registry=REGISTRY,
+)
+STORE_SECONDS = Histogram(
+    "trailkeeper_store_operation_seconds",
+    "Time for one store call, retries included.",
+    ["store", "operation"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+# --- retention ------------------------------------------------------------------------------
+RETENTION_DELETED = Counter(
+    "trailkeeper_retention_deleted_total",
+    "Expired archive files deleted by the retention sweeper, by tracker.",
+    ["tracker"],
+    registry=REGISTRY,
+)
+RETENTION_FAILURES = Counter(
+    "trailkeeper_retention_failures_total",
+    "Retention rounds or deletions that failed, by tracker and reason (unavailable, permanent).",
+    ["tracker", "reason"],
+    registry=REGISTRY,
+)
+RETENTION_LAST_RUN = Gauge(
+    "trailkeeper_retention_last_run_timestamp_seconds",
+    "When a tracker's retention last completed a round (Unix time).",
+    ["tracker"],
+    registry=REGISTRY,
+)
+
+# --- backup ---------------------------------------------------------------------------------
+BACKUP_PENDING_OBJECTS = Gauge(
+    "trailkeeper_backup_pending_objects",
+    "Objects in the source not yet copied and verified in the destination, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+BACKUP_PENDING_BYTES = Gauge(
+    "trailkeeper_backup_pending_bytes",
+    "Bytes in the source not yet copied and verified in the destination, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+BACKUP_COPIED_OBJECTS = Counter(
+    "trailkeeper_backup_copied_objects_total",
+    "Objects copied and verified by hash, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+BACKUP_COPIED_BYTES = Counter(
+    "trailkeeper_backup_copied_bytes_total",
+    "Bytes copied and verified by hash, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+BACKUP_REPAIRED = Counter(
+    "trailkeeper_backup_repaired_total",
+    "Copies found deleted or altered in the destination and written again, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+BACKUP_FAILURES = Counter(
+    "trailkeeper_backup_failures_total",
+    "Backup failures by job and reason (unavailable, permanent, verify, conflict, source_changed).",
+    ["job", "reason"],
+    registry=REGISTRY,
+)
+BACKUP_LAST_SUCCESS = Gauge(
+    "trailkeeper_backup_last_success_timestamp_seconds",
+    "When a backup job last finished a round with nothing pending (Unix time).",
+    ["job"],
+    registry=REGISTRY,
+)
+
+# --- notifications --------------------------------------------------------------------------
+# topic and protocol are configuration names (topics are declared in the YAML), never values
+# taken from events; reason is one of a fixed set (timeout, connect, http_4xx, http_5xx,
+# rejected, template, rate_limited).
+NOTIFY_SENT = Counter(
+    "trailkeeper_notify_sent_total",
+    "Notifications delivered, by topic and subscription protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_FAILED = Counter(
+    "trailkeeper_notify_failed_total",
+    "Failed delivery attempts (each retry counts), by topic, protocol and reason.",
+    ["topic", "protocol", "reason"],
+    registry=REGISTRY,
+)
+NOTIFY_DEAD_LETTERED = Counter(
+    "trailkeeper_notify_dead_lettered_total",
+    "Notifications parked in the dead-letter store after their retry budget, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_QUEUE_DEPTH = Gauge(
+    "trailkeeper_notify_queue_depth",
+    "Notifications waiting in a subscription's outbox, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+
+# --- integrity ------------------------------------------------------------------------------
+DIGEST_LAST_SUCCESS = Gauge(
+    "trailkeeper_digest_last_success_timestamp_seconds",
+    "When a tracker's digest chain last advanced: a signed digest was stored (Unix time).",
+    ["tracker"],
+    registry=REGISTRY,
+)
+VALIDATE_FINDINGS = Counter(
+    "trailkeeper_validate_findings_total",
+    "Problems found by validation runs, by tracker and finding "
+    "(modified, missing, unlisted, moved, bad_signature, stale_tail).",
+    ["tracker", "finding"],
+    registry=REGISTRY,
+)
+
 # --- quarantine -----------------------------------------------------------------------------
 QUARANTINE_STORED = Counter(
     "trailkeeper_quarantine_items_stored_total",
@@ -142,7 +266,8 @@ RULE_MATCH_SECONDS = Histogram(
     registry=REGISTRY,
 )
 RULES_LOADED = Gauge(
-    "trailkeeper_rules_loaded", "Classification rules in force, after overrides and disables.",
+    "trailkeeper_rules_loaded",
+    "Classification rules in force, after overrides and disables.",
     registry=REGISTRY,
 )
 RULES_RELOADS = Counter(

@@ -17,9 +17,14 @@ import pytest
 
 from daemon.app import App
 from daemon.config import Config, parse_config
+from tests.fixtures.s3 import restartable_s3, s3_auth_server, s3_bucket, s3_server
+
+# Fixtures imported for every test package (pytest finds them by name here).
+S3_FIXTURES = (restartable_s3, s3_auth_server, s3_bucket, s3_server)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+# A git worktree elsewhere can point at the data with TRAILKEEPER_SHARED_DATA.
+SHARED = Path(os.environ.get("TRAILKEEPER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 STRATUS = SHARED / "cloudtrail-stratus"
 CTS_EXAMPLES = SHARED / "cts-examples" / "example_traces.json"
 

@@ -36,6 +36,7 @@ log = get_logger("archive")
 RETRY_INITIAL = 0.5
 RETRY_MAX = 30.0
 REPORT_INTERVAL = 60.0
+COMMIT_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ class _Batch:
         self.received.append(entry.received_ms)
         self.nbytes += len(entry.record) + 2
         self.last = entry.offset
-        t = entry.canonical.get("time")
+        t = entry.time
         if t is not None:
             if self.oldest is None or t < self.oldest:
                 self.oldest = t
@@ -166,6 +167,8 @@ class Archiver:
         self._batches: dict[Partition, _Batch] = {}
         self._open_bytes = 0
         self._dirty = False
+        self._flushed = False
+        self._last_commit = 0.0
         self._stopping = asyncio.Event()
         self._stop_deadline: float | None = None
         self._last_report = 0.0
@@ -207,8 +210,10 @@ class Archiver:
                     await self._flush(full)
                 elif self._open_bytes > self.d.max_open_bytes:
                     await self._flush(max(self._batches.values(), key=lambda b: b.nbytes).part)
-            await self._flush_due(force=stopping and not entries)
-            await self._commit(reader.next_offset)
+            flushed = await self._flush_due(force=stopping and not entries)
+            # Commits cost an fsync: make them after a file is stored, on stop, or once a second.
+            if flushed or stopping or time.monotonic() - self._last_commit >= COMMIT_INTERVAL:
+                await self._commit(reader.next_offset)
             if stopping and not entries and not self._batches:
                 return
             if stopping and self._past_deadline():
@@ -253,8 +258,10 @@ class Archiver:
             return part
         return None
 
-    async def _flush_due(self, force: bool) -> None:
+    async def _flush_due(self, force: bool) -> bool:
         now = time.monotonic()
+        flushed = self._flushed
+        self._flushed = False
         for part, batch in list(self._batches.items()):
             if (
                 force
@@ -263,9 +270,11 @@ class Archiver:
                 or now - batch.opened >= self.d.max_age
             ):
                 await self._flush(part)
+                flushed = True
         telemetry.ARCHIVE_OPEN_EVENTS.labels(tracker=self.d.name).set(
             sum(len(b.records) for b in self._batches.values())
         )
+        return flushed
 
     async def _flush(self, part: Partition) -> None:
         batch = self._batches.pop(part)
@@ -370,6 +379,7 @@ class Archiver:
             await asyncio.sleep(min(seconds, 0.5))
 
     async def _commit(self, next_offset: int) -> None:
+        self._last_commit = time.monotonic()
         holds = [b.first for b in self._batches.values()]
         holds += [int(p["first"]) for p in self.state.pending.values()]
         upto = min([next_offset, *holds])

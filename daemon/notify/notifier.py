@@ -356,10 +356,9 @@ def enabled(config: NotifyConfig) -> bool:
     return bool(config.routes) and any(t.subscriptions for t in config.topics.values())
 
 
-async def build(journal: Journal, config: Any, state_dir: Path, public_url: str) -> Notifier:
-    """The notifier for a root Config: loads the rules (off the event loop) and compiles routes."""
+def build(journal: Journal, config: Any, state_dir: Path, public_url: str, rules: Classifier) -> Notifier:
+    """The notifier for a root Config, classifying with ``rules`` (the daemon's RuleSet, so a
+    rule reload applies to notifications at once). Raises on a bad route pattern or template."""
     from daemon.rules.pattern import compile_pattern
-    from daemon.rules.ruleset import RuleSet
 
-    rules = await asyncio.to_thread(RuleSet, config.rules)
     return Notifier(journal, config.notify, rules, compile_pattern, state_dir, public_url)

@@ -27,12 +27,18 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", help="take the rules section from this trailkeeper config"
     )
     parser.add_argument(
-        "--rules", metavar="FILE", action="append", default=[],
+        "--rules",
+        metavar="FILE",
+        action="append",
+        default=[],
         help="an extra rule file or directory, loaded after the configured ones (repeatable)",
     )
     parser.add_argument("--no-builtin", action="store_true", help="leave out the built-in packs")
     parser.add_argument(
-        "--disable", metavar="ID", action="append", default=[],
+        "--disable",
+        metavar="ID",
+        action="append",
+        default=[],
         help="switch a rule off (repeatable)",
     )
 
@@ -61,7 +67,8 @@ def register(subparsers: Any) -> None:
 
     test = sub.add_parser("test", help="run the example events embedded in the rules")
     test.add_argument(
-        "--strict", action="store_true",
+        "--strict",
+        action="store_true",
         help="also fail when a rule lacks a match or a no_match example",
     )
     _add_rule_options(test)
@@ -102,7 +109,9 @@ def _read(name: str, stdin: IO[bytes]) -> bytes:
 
 
 def cmd_match(
-    args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None,
+    args: argparse.Namespace,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
     stdin: IO[bytes] | None = None,
 ) -> int:
     """Exit 0 when every input was read; 1 when a file or an item could not be (see stderr)."""
@@ -136,9 +145,7 @@ def cmd_match(
     return status
 
 
-def cmd_list(
-    args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None
-) -> int:
+def cmd_list(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     out = out or sys.stdout
     engine = _engine(args, err or sys.stderr)
     if engine is None:
@@ -154,9 +161,7 @@ def cmd_list(
     return 0
 
 
-def cmd_test(
-    args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None
-) -> int:
+def cmd_test(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """Exit 0 when every example behaves; 1 otherwise (and, with --strict, for untested rules)."""
     out = out or sys.stdout
     engine = _engine(args, err or sys.stderr)
@@ -166,8 +171,9 @@ def cmd_test(
     for failure in report.failures:
         out.write(f"FAIL {failure.message()}\n")
     for rule_id in report.untested:
-        out.write(f"{'FAIL' if args.strict else 'note'} rule {rule_id!r}: "
-                  "lacks a match or a no_match example\n")
+        out.write(
+            f"{'FAIL' if args.strict else 'note'} rule {rule_id!r}: lacks a match or a no_match example\n"
+        )
     failed = len(report.failures) + (len(report.untested) if args.strict else 0)
     out.write(
         f"{report.rules} rules, {report.examples} examples: "

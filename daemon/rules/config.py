@@ -8,14 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class RulesConfig(BaseModel):
-    """Which classification rules are in force.
+    """Which key-operation classification rules are in force (reloaded on SIGHUP)."""
 
-    ``builtin`` turns the packs shipped with trailkeeper on or off; ``files`` are
-    rule files (or directories of ``*.yaml``) loaded after them, in order, where a
-    rule with an existing id replaces it; ``disable`` lists rule ids to switch off.
-    """
-
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     builtin: bool = True
+    """Load the packs shipped with trailkeeper (CIS AWS, AWS and CTS key operations)."""
     files: list[Path] = Field(default_factory=list)
+    """Rule files or directories of *.yaml, loaded in order; a rule with a loaded id replaces it."""
     disable: list[str] = Field(default_factory=list)
+    """Rule ids to switch off; `trailkeeper rules list` shows the ids in force."""

@@ -39,7 +39,13 @@ from daemon.telemetry import RULE_MATCH_SECONDS, RULE_MATCHES, RULES_LOADED
 _SECONDARY_FIELDS: Final[tuple[str, ...]] = ("user_type", "trace_type", "rating", "format")
 # Fields whose values make up the cache key: few distinct values each in real traffic.
 _KEY_FIELDS: Final[tuple[str, ...]] = (
-    "service", "operation", "code", "user_type", "trace_type", "rating", "format",
+    "service",
+    "operation",
+    "code",
+    "user_type",
+    "trace_type",
+    "rating",
+    "format",
 )
 _KEY_SET: Final = frozenset(_KEY_FIELDS)
 # Distinct candidate keys kept before the cache is cleared (random operation names
@@ -120,8 +126,7 @@ class RuleEngine:
         self._seen = 0
         self._pending = [0] * len(self.rules)
         self._counters: list[Any] = [
-            RULE_MATCHES.labels(rule=r.id, category=r.category) if metrics else None
-            for r in self.rules
+            RULE_MATCHES.labels(rule=r.id, category=r.category) if metrics else None for r in self.rules
         ]
         if metrics:
             RULES_LOADED.set(len(self.rules))
@@ -191,9 +196,7 @@ class RuleEngine:
 
     # --- matching ---------------------------------------------------------------------------
 
-    def _candidates(
-        self, canonical: Mapping[str, Any], key: tuple[Any, ...]
-    ) -> tuple[_Candidate, ...]:
+    def _candidates(self, canonical: Mapping[str, Any], key: tuple[Any, ...]) -> tuple[_Candidate, ...]:
         service = canonical.get("service")
         op = canonical.get("operation")
         found: dict[int, _Candidate] = {}
@@ -231,9 +234,7 @@ class RuleEngine:
                 result.append(_Candidate(k, None, False, True, cand.match))
         return self._remember(key, tuple(result))
 
-    def _remember(
-        self, key: tuple[Any, ...], result: tuple[_Candidate, ...]
-    ) -> tuple[_Candidate, ...]:
+    def _remember(self, key: tuple[Any, ...], result: tuple[_Candidate, ...]) -> tuple[_Candidate, ...]:
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = result
@@ -325,6 +326,17 @@ class RuleEngine:
             if n:
                 self._counters[order].inc(n)
                 pending[order] = 0
+
+    def checks_for(self, canonical: Mapping[str, Any]) -> int:
+        """How many rules are still checked one by one for an event with these fields.
+
+        Diagnostics and the benchmark: the per-event work beyond the key lookup.
+        """
+        key = self._key(canonical)
+        cands = self._cache.get(key)
+        if cands is None:
+            cands = self._candidates(canonical, key)
+        return sum(1 for c in cands if c.residual is not None)
 
     def index_stats(self) -> dict[str, int]:
         """How the rules were filed; for ``rules list`` and the benchmark."""

@@ -36,9 +36,7 @@ class ExampleReport:
 
 
 def _decode(example: dict[str, Any]) -> Event | str:
-    items = Decoder(max_event_bytes=16 * 1024 * 1024, source="example").decode(
-        orjson.dumps(example)
-    )
+    items = Decoder(max_event_bytes=16 * 1024 * 1024, source="example").decode(orjson.dumps(example))
     if len(items) != 1:
         return f"the example decodes to {len(items)} events, expected one"
     item = items[0]

@@ -83,9 +83,7 @@ def _parse_rule(raw: Any, index: int, source: str, problems: list[str]) -> Rule 
         if key not in _RULE_KEYS:
             problems.append(f"{where}: {key}: unknown key (known: {', '.join(_RULE_KEYS)})")
     if not isinstance(rule_id, str) or not _ID_RE.match(rule_id):
-        problems.append(
-            f"{where}: id: required; letters, digits and . _ : - (up to 128 characters)"
-        )
+        problems.append(f"{where}: id: required; letters, digits and . _ : - (up to 128 characters)")
     category = raw.get("category")
     if not isinstance(category, str) or not _CATEGORY_RE.match(category):
         problems.append(
@@ -219,8 +217,9 @@ def _expand(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def assemble(files: Iterable[RuleFile], disable: Iterable[str] = (), *,
-             disable_source: str = "rules.disable") -> list[Rule]:
+def assemble(
+    files: Iterable[RuleFile], disable: Iterable[str] = (), *, disable_source: str = "rules.disable"
+) -> list[Rule]:
     """Merge parsed files in order: later ids replace earlier ones, then disables apply.
 
     Raises RuleLoadError when two built-in packs share an id or a disable names no rule.

@@ -176,9 +176,7 @@ def _cidr_pred(spec: Any, path: str) -> Pred:
 def _anything_but_pred(spec: Any, path: str, canonical: bool) -> Pred:
     if isinstance(spec, dict):
         if len(spec) != 1:
-            raise PatternError(
-                path, "anything-but takes one of prefix, suffix, equals-ignore-case, wildcard"
-            )
+            raise PatternError(path, "anything-but takes one of prefix, suffix, equals-ignore-case, wildcard")
         op, operand = next(iter(spec.items()))
         sub = f"{path}.{op}"
         if op == "prefix":
@@ -207,8 +205,9 @@ def _anything_but_pred(spec: Any, path: str, canonical: bool) -> Pred:
         elif _is_number(v):
             numbers.add(float(v))
         else:
-            raise PatternError(f"{path}[{i}]" if isinstance(spec, list) else path,
-                               "anything-but takes strings or numbers")
+            raise PatternError(
+                f"{path}[{i}]" if isinstance(spec, list) else path, "anything-but takes strings or numbers"
+            )
 
     def pred(value: Any) -> bool:
         if isinstance(value, str) and value in strings:
@@ -455,9 +454,7 @@ class Pattern:
         if not isinstance(pattern, Mapping):
             raise PatternError(path, "expected a mapping of canonical fields, record and $or")
         if not pattern:
-            raise PatternError(
-                path, "an empty pattern would match every event; add at least one key"
-            )
+            raise PatternError(path, "an empty pattern would match every event; add at least one key")
         self.source: dict[str, Any] = dict(pattern)
         canon: list[tuple[str, _Leaf]] = []
         ors: list[tuple[Pattern, ...]] = []
@@ -471,9 +468,7 @@ class Pattern:
                 ors.append(tuple(Pattern(b, f"{sub}[{i}]") for i, b in enumerate(branches)))
             elif key in CANONICAL_FIELDS:
                 if isinstance(value, dict):
-                    raise PatternError(
-                        sub, "canonical fields are strings: expected a list of alternatives"
-                    )
+                    raise PatternError(sub, "canonical fields are strings: expected a list of alternatives")
                 canon.append((key, _Leaf(value, sub, canonical=True)))
             else:
                 raise PatternError(
@@ -493,9 +488,7 @@ class Pattern:
     def or_branches(self) -> tuple[tuple[Pattern, ...], ...]:
         return self._ors
 
-    def matches(
-        self, canonical: Mapping[str, Any], record: Mapping[str, Any] | None = None
-    ) -> bool:
+    def matches(self, canonical: Mapping[str, Any], record: Mapping[str, Any] | None = None) -> bool:
         """True when the event (canonical fields, raw record as a dict) matches.
 
         A canonical value of None counts as absent. ``record`` may be omitted when

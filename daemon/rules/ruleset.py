@@ -39,12 +39,18 @@ class RuleSet:
     def match(self, event: Event) -> list[Match]:
         return self._engine.match(event)
 
+    def flush_metrics(self) -> None:
+        """Push pending match counts to the metrics; call when a batch ends and on stop."""
+        self._engine.flush_metrics()
+
     def _build(self, config: RulesConfig) -> RuleEngine:
         return RuleEngine(load_rules(config), metrics=self._metrics)
 
     def _install(self, config: RulesConfig, engine: RuleEngine) -> None:
         old = {r.id for r in self._engine.rules}
         new = {r.id for r in engine.rules}
+        # Counts gathered by the old engine would otherwise be lost with it.
+        self._engine.flush_metrics()
         # One attribute assignment: matchers see the old engine or the new one, never a mix.
         self._engine = engine
         self._config = config

@@ -15,7 +15,7 @@ import uuid
 from aiohttp import web
 
 from daemon.config import HttpIngestConfig
-from daemon.events import Decoder
+from daemon.decodepool import DecodePool
 from daemon.intake import Intake
 from daemon.journal import JournalClosed, JournalError, JournalFull
 from daemon.telemetry import HTTP_REQUESTS, get_logger
@@ -45,10 +45,10 @@ def _error(status: int, message: str, **extra: object) -> web.Response:
 class HttpIngest:
     """The ``POST /v1/events`` handler and its checks."""
 
-    def __init__(self, config: HttpIngestConfig, intake: Intake) -> None:
+    def __init__(self, config: HttpIngestConfig, intake: Intake, pool: DecodePool) -> None:
         self.config = config
         self.intake = intake
-        self.decoder = Decoder(max_event_bytes=config.max_event_bytes, source=SOURCE)
+        self.pool = pool
         self._token_hashes = {t.removeprefix("sha256:").lower() for t in config.tokens}
 
     def add_routes(self, app: web.Application) -> None:
@@ -90,10 +90,10 @@ class HttpIngest:
             return self._too_large()
         if not body.strip():
             return _error(400, "empty body: send a JSON event, an array, a CloudTrail envelope or NDJSON")
-        items = self.decoder.decode(body, ndjson=ndjson)
         ref = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        decoded = await self.pool.decode(body, ndjson, self.config.max_event_bytes, SOURCE, ref)
         try:
-            outcome = await self.intake.submit(items, SOURCE, ref)
+            await self.intake.submit_decoded(decoded, SOURCE)
         except JournalFull as exc:
             retry = max(1, math.ceil(self.config.retry_after))
             return web.json_response(
@@ -105,10 +105,12 @@ class HttpIngest:
             return web.json_response(
                 {"error": f"journal unavailable: {exc}"}, status=503, headers={"Retry-After": "5"}
             )
-        rejected = [{"index": r.index, "reason": r.message()} for r in outcome.rejected]
-        status = 400 if outcome.accepted == 0 and rejected else 202
+        rejected = [
+            {"index": index, "reason": f"{reason}: {detail}"} for index, reason, detail in decoded.rejected
+        ]
+        status = 400 if decoded.accepted == 0 and rejected else 202
         return web.json_response(
-            {"accepted": outcome.accepted, "rejected": rejected, "request_id": ref}, status=status
+            {"accepted": decoded.accepted, "rejected": rejected, "request_id": ref}, status=status
         )
 
     def _too_large(self) -> web.Response:

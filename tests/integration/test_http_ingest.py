@@ -177,3 +177,35 @@ async def test_producer_token(tmp_path: Path, token_ok: bool) -> None:
         assert status == (202 if token_ok else 401)
     finally:
         await app.stop()
+
+
+async def test_two_trackers_with_filters_each_get_exactly_their_events(tmp_path: Path) -> None:
+    cfg = parse_config(base_config_text(
+        tmp_path,
+        stores=(f"stores:\n  local: {{type: local, path: {tmp_path}/archive}}\n"
+                f"  keys: {{type: local, path: {tmp_path}/keyops}}\n"),
+        trackers=(
+            "trackers:\n"
+            "  - {name: iam, store: keys, prefix: iam-only, filter: {service: [iam.amazonaws.com]},"
+            " file: {max_age: 200ms}}\n"
+            "  - {name: writes, store: local, prefix: writes,"
+            " filter: {record: {readOnly: [false]}}, file: {max_age: 200ms}}\n"
+        ),
+    ))
+    app = App(cfg)
+    await app.start()
+    try:
+        records = stratus_records()
+        status, doc = await _post(app, orjson.dumps(records))
+        assert status == 202 and doc["accepted"] == 310
+        want_iam = sorted(r["eventID"] for r in records if r["eventSource"] == "iam.amazonaws.com")
+        want_writes = sorted(r["eventID"] for r in records if r.get("readOnly") is False)
+        assert want_iam and want_writes and len(want_writes) < 310
+        iam = await _wait_archived(tmp_path / "keyops", len(want_iam), prefix="iam-only")
+        writes = await _wait_archived(tmp_path / "archive", len(want_writes), prefix="writes")
+        await asyncio.sleep(0.5)
+        assert sorted(orjson.loads(r)["eventID"] for r in read_archive(tmp_path / "keyops", "iam-only")) == want_iam
+        assert sorted(orjson.loads(r)["eventID"] for r in read_archive(tmp_path / "archive", "writes")) == want_writes
+        assert len(iam) == len(want_iam) and len(writes) == len(want_writes)
+    finally:
+        await app.stop()
