@@ -28,6 +28,7 @@ from daemon.decodepool import DecodePool, default_workers
 from daemon.intake import Intake
 from daemon.integrity.runtime import Integrity
 from daemon.journal import Journal
+from daemon.notify import notifier as notify_mod
 from daemon.rules.ruleset import RuleSet
 from daemon.sources.http import HttpIngest
 from daemon.stores import build_store
@@ -79,6 +80,7 @@ class App:
         self.decode_pool: DecodePool | None = None
         self.archivers: list[Archiver] = []
         self.integrity: Integrity | None = None
+        self.notifier: notify_mod.Notifier | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._aux_tasks: list[asyncio.Task[None]] = []
         self.retention: Retention | None = None
@@ -106,7 +108,10 @@ class App:
         self.writer_id = await asyncio.to_thread(resolve_writer_id, c)
         self.stores = {name: build_store(name, sc) for name, sc in c.stores.items()}
         deliveries = self._deliveries()
-        report = await self.journal.open(consumers=[d.cursor for d in deliveries])
+        consumers = [d.cursor for d in deliveries]
+        if notify_mod.enabled(c.notify):
+            consumers.append(notify_mod.CURSOR)
+        report = await self.journal.open(consumers=consumers)
         log.info(
             "journal.recovered",
             dir=str(c.journal.dir),
@@ -138,7 +143,11 @@ class App:
             workers = c.ingest.http.decode_workers
             self.decode_pool = DecodePool(default_workers() if workers is None else workers)
             HttpIngest(c.ingest.http, self.intake, self.decode_pool).add_routes(api)
+            api.router.add_get(notify_mod.CONFIRM_ROUTE, self._confirm_subscription)
             self.http_port = await self._listen(api, c.ingest.http.listen)
+        if notify_mod.enabled(c.notify):
+            self.notifier = notify_mod.build(self.journal, c, state_dir, self._public_url(), self.rules)
+            await self.notifier.start()
         if c.metrics.listen:
             metrics = web.Application()
             metrics.router.add_get("/metrics", self._metrics)
@@ -151,6 +160,25 @@ class App:
             metrics_port=self.metrics_port,
             trackers=[t.name for t in c.trackers],
         )
+
+    def _public_url(self) -> str:
+        c = self.config
+        if c.notify.public_url:
+            return c.notify.public_url
+        if c.ingest.http is None:
+            return "http://127.0.0.1"
+        host = split_listen(c.ingest.http.listen)[0]
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        return f"http://{host}:{self.http_port}"
+
+    async def _confirm_subscription(self, request: web.Request) -> web.Response:
+        topic, name = request.match_info["topic"], request.match_info["subscription"]
+        worker = self.notifier.worker(topic, name) if self.notifier is not None else None
+        if worker is None:
+            return web.json_response({"error": f"no subscription {topic}/{name}"}, status=404)
+        if not await worker.confirm(request.query.get("token", "")):
+            return web.json_response({"error": "the token does not match this subscription"}, status=403)
+        return web.json_response({"confirmed": True, "topic": topic, "subscription": name})
 
     async def _listen(self, app: web.Application, listen: str) -> int:
         host, port = split_listen(listen)
@@ -237,6 +265,8 @@ class App:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        if self.notifier is not None:
+            await self.notifier.stop()
         for aux in (self.retention, self.backup):
             if aux is not None:
                 aux.stop()

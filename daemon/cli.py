@@ -149,10 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=_cmd_send)
 
     from daemon.integrity import cli as integrity_cli
+    from daemon.notify.cli import register as register_notify
 
     integrity_cli.register(sub)
     configdoc.register(sub)
     rules_cli.register(sub)
+    register_notify(sub)
     return parser
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from daemon.archive.backup import BackupConfig
 from daemon.archive.retention import RetentionConfig
 from daemon.integrity.config import IntegrityConfig
+from daemon.notify.config import NotifyConfig
 from daemon.rules.config import RulesConfig
 from daemon.stores import STORE_TYPES, StoreConfig
 from daemon.stores.local import LocalStoreConfig
@@ -179,6 +180,8 @@ class Config(Strict):
     """Trackers: each delivers the events it selects as files to a store."""
     rules: RulesConfig = Field(default_factory=RulesConfig)
     """Key-operation classification: built-in packs, rule files, disabled rule ids."""
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    """Topics, subscriptions and routes for key-event notifications."""
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     """When expired archive files are swept."""
     backup: BackupConfig = Field(default_factory=BackupConfig)

@@ -199,35 +199,6 @@ BACKUP_LAST_SUCCESS = Gauge(
     registry=REGISTRY,
 )
 
-# --- notifications --------------------------------------------------------------------------
-# topic and protocol are configuration names (topics are declared in the YAML), never values
-# taken from events; reason is one of a fixed set (timeout, connect, http_4xx, http_5xx,
-# rejected, template, rate_limited).
-NOTIFY_SENT = Counter(
-    "trailkeeper_notify_sent_total",
-    "Notifications delivered, by topic and subscription protocol.",
-    ["topic", "protocol"],
-    registry=REGISTRY,
-)
-NOTIFY_FAILED = Counter(
-    "trailkeeper_notify_failed_total",
-    "Failed delivery attempts (each retry counts), by topic, protocol and reason.",
-    ["topic", "protocol", "reason"],
-    registry=REGISTRY,
-)
-NOTIFY_DEAD_LETTERED = Counter(
-    "trailkeeper_notify_dead_lettered_total",
-    "Notifications parked in the dead-letter store after their retry budget, by topic and protocol.",
-    ["topic", "protocol"],
-    registry=REGISTRY,
-)
-NOTIFY_QUEUE_DEPTH = Gauge(
-    "trailkeeper_notify_queue_depth",
-    "Notifications waiting in a subscription's outbox, by topic and protocol.",
-    ["topic", "protocol"],
-    registry=REGISTRY,
-)
-
 # --- integrity ------------------------------------------------------------------------------
 DIGEST_LAST_SUCCESS = Gauge(
     "trailkeeper_digest_last_success_timestamp_seconds",
@@ -274,6 +245,48 @@ RULES_RELOADS = Counter(
     "trailkeeper_rules_reloads_total",
     "Rule reloads by result (ok, failed); a failed reload keeps the rules in force.",
     ["result"],
+    registry=REGISTRY,
+)
+
+
+# --- notifications --------------------------------------------------------------------------
+# Labels: topic and protocol are config names (bounded); never subscriber or event values.
+NOTIFY_SENT = Counter(
+    "trailkeeper_notify_sent_total",
+    "Notifications delivered, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_FAILED = Counter(
+    "trailkeeper_notify_failed_total",
+    "Failed delivery attempts, by topic, protocol and reason (connect, timeout, tls, http_4xx, "
+    "http_5xx, throttled, rejected, smtp, sns).",
+    ["topic", "protocol", "reason"],
+    registry=REGISTRY,
+)
+NOTIFY_RETRIED = Counter(
+    "trailkeeper_notify_retried_total",
+    "Delivery attempts that were retries, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_DEAD_LETTERED = Counter(
+    "trailkeeper_notify_dead_lettered_total",
+    "Notifications parked in the dead-letter store, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_QUEUE_DEPTH = Gauge(
+    "trailkeeper_notify_queue_depth",
+    "Notifications waiting in the outboxes, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_LATENCY = Histogram(
+    "trailkeeper_ingest_to_notify_seconds",
+    "Time from ingest of the (first) event to delivery of its notification.",
+    ["topic", "protocol"],
+    buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 
