@@ -161,8 +161,8 @@ class App:
             trackers=[t.name for t in c.trackers],
         )
 
-    def _public_url(self) -> str:
-        c = self.config
+    def _public_url(self, config: Config | None = None) -> str:
+        c = config or self.config
         if c.notify.public_url:
             return c.notify.public_url
         if c.ingest.http is None:
@@ -258,7 +258,46 @@ class App:
         except ConfigError as exc:
             log.error("app.reload_failed", problems=exc.problems, action="fix the file and send SIGHUP again")
             return False
-        return await self.rules.reload_async(config.rules)
+        rules_ok = await self.rules.reload_async(config.rules)
+        notify_ok = await self._reload_notify(config)
+        return rules_ok and notify_ok
+
+    async def _reload_notify(self, config: Config) -> bool:
+        """Swap topics, subscriptions and routes: build the new notifier first, so a bad
+        template or pattern keeps the old one running; then stop the old and start the new.
+
+        Outboxes are files named by topic and subscription, so messages waiting in them
+        are picked up by the new workers; a removed subscription's outbox stays on disk.
+        """
+        if config.notify == self.config.notify:
+            return True
+        new: notify_mod.Notifier | None = None
+        try:
+            if notify_mod.enabled(config.notify):
+                new = notify_mod.build(
+                    self.journal,
+                    config,
+                    self.config.journal.dir / "state",
+                    self._public_url(config),
+                    self.rules,
+                )
+        except Exception as exc:
+            log.error("notify.reload_failed", error=str(exc), action="fix the file and send SIGHUP again")
+            return False
+        if self.notifier is not None:
+            await self.notifier.stop()
+        if new is None:
+            self.journal.unregister(notify_mod.CURSOR)
+        else:
+            await new.start()
+        self.notifier = new
+        self.config = self.config.model_copy(update={"notify": config.notify})
+        log.info(
+            "notify.reloaded",
+            topics=sorted(config.notify.topics),
+            routes=len(config.notify.routes),
+        )
+        return True
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop intake, store open files (waiting up to ``grace`` s for a failing store), close."""

@@ -171,6 +171,10 @@ class Journal:
         self._registered.add(name)
         self._cursors.setdefault(name, self.start_offset)
 
+    def unregister(self, name: str) -> None:
+        """Stop holding segments back for a consumer that no longer runs (its cursor file stays)."""
+        self._registered.discard(name)
+
     def _recover_sync(self) -> RecoveryReport:
         seg_dir = self.dir / "segments"
         seg_dir.mkdir(parents=True, exist_ok=True)

@@ -90,3 +90,40 @@ async def test_daemon_refuses_to_start_with_bad_rules(tmp_path: Path, daemon_pro
     with pytest.raises(RuntimeError, match=r"local\.broken"):
         d.start()
     assert d.proc is not None and d.proc.wait(5) == 2
+
+
+async def test_reload_swaps_topics_and_routes_and_refuses_bad_ones(tmp_path: Path) -> None:
+    from daemon.app import App
+    from daemon.config import load_config
+    from tests.conftest import base_config_text
+    from tests.notify_support import Receiver, key_events, notify_yaml, post_events
+
+    first, second = await Receiver().start(), await Receiver().start()
+
+    def config_text(recv: Receiver, topic: str, template: str = "") -> str:
+        topics = (f"    {topic}:\n      subscriptions:\n"
+                  f"      - {{name: hook, protocol: webhook, url: '{recv.url('/hook')}'{template}}}\n")
+        return base_config_text(tmp_path) + notify_yaml(topics, f"    - {{topic: {topic}, categories: [high_risk]}}\n")
+
+    path = tmp_path / "trailkeeper.yaml"
+    path.write_text(config_text(first, "ops"))
+    app = App(load_config(path), str(path))
+    await app.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            await post_events(s, app.http_port or 0, key_events(2))
+            await first.wait_for(lambda r: len(r.ok()) >= 2, 20)
+            path.write_text(config_text(second, "secops"))
+            assert await app.reload()
+            await post_events(s, app.http_port or 0, key_events(3))
+            await second.wait_for(lambda r: len(r.ok()) >= 3, 20)
+            assert len(first.ok()) == 2
+            # A template that does not compile: the reload is refused, the notifier in force stays.
+            path.write_text(config_text(second, "other", template=", template: {body: '{{ oops'}"))
+            assert not await app.reload()
+            await post_events(s, app.http_port or 0, key_events(1))
+            await second.wait_for(lambda r: len(r.ok()) >= 4, 20)
+    finally:
+        await app.stop()
+        await first.stop()
+        await second.stop()
