@@ -48,8 +48,9 @@ class HttpIngestConfig(Strict):
     """Producer bearer tokens accepted by ingest, each given as the SHA-256 hex of the token
     (``sha256:<hex>`` or bare hex), so the config holds no usable secret; empty: no check."""
     decode_workers: int | None = Field(default=None, ge=0)
-    """Processes that parse request bodies off the event loop; null: one less than the CPU
-    count (at least 1); 0: parse in the daemon's own process."""
+    """Processes that parse request bodies off the event loop; null: one per CPU (parsing is
+    the costliest step of ingest, and the event loop alone leaves most of a core idle);
+    0: parse in the daemon's own process."""
 
 
 class IngestConfig(Strict):

@@ -65,7 +65,7 @@ def decode_payloads(
 
 
 def default_workers() -> int:
-    return max(1, (os.cpu_count() or 1) - 1)
+    return max(1, os.cpu_count() or 1)
 
 
 class DecodePool:
