@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from daemon import telemetry
+from daemon.durable import fsync_dir
 from daemon.telemetry import get_logger
 
 log = get_logger("journal")
@@ -221,7 +222,7 @@ class Journal:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if self.fsync:
             os.fsync(fd)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         if self._fd is not None:
             os.close(self._fd)
         self._fd = fd
@@ -406,7 +407,7 @@ class Journal:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         if self.fsync:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def _release_sync(self) -> None:
         if not self._registered:
@@ -436,14 +437,6 @@ class Journal:
             if segs[i].base <= offset:
                 return segs[i], i == len(segs) - 1
         raise JournalError(f"offset {offset} is older than the journal's oldest entry {self.start_offset}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JournalReader:

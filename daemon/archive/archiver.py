@@ -12,7 +12,6 @@ to the journal before it is stored.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import orjson
 from daemon import telemetry
 from daemon.archive.fileformat import BuiltFile
 from daemon.archive.keys import Partition
+from daemon.durable import atomic_write
 from daemon.events import Entry, decode_entry
 from daemon.journal import Journal, JournalReader
 from daemon.stores.base import ObjectConflict, Store, StoreError
@@ -126,18 +126,7 @@ class _State:
             self.pending = dict(doc.get("pending", {}))
 
     def _save_sync(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(self.path, data)
 
     async def save(self) -> None:
         data = orjson.dumps({"through": self.through, "pending": self.pending})

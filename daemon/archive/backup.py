@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from daemon import telemetry
+from daemon.durable import atomic_write
 from daemon.stores.base import ObjectConflict, ObjectInfo, ObjectMissing, Store, StoreError
 from daemon.telemetry import get_logger
 from daemon.units import Duration
@@ -120,18 +120,7 @@ class BackupState:
         await asyncio.to_thread(self._load_sync)
 
     def _save_sync(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(self.path, data)
 
     async def save(self) -> None:
         doc = {"version": 1, "objects": {k: v.to_json() for k, v in sorted(self.objects.items())}}

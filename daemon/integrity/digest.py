@@ -18,7 +18,6 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from daemon.durable import atomic_write
 from daemon.integrity.checkpoint import Checkpoint, Signer, Verifier
 from daemon.integrity.tree import TreeLog
 from daemon.stores.base import Store, StoreError
@@ -103,17 +103,7 @@ class _ChainState:
             self.doc = orjson.loads(self.path.read_bytes())
 
     def save_sync(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("wb") as f:
-            f.write(orjson.dumps(self.doc))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(self.path, orjson.dumps(self.doc))
 
 
 def load_chain_state(tree_dir: Path) -> dict[str, Any]:

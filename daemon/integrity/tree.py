@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from daemon.archive.archiver import StoredFile
+from daemon.durable import fsync_dir
 from daemon.integrity import merkle
 from daemon.telemetry import get_logger
 
@@ -54,14 +55,6 @@ class FileEntry:
         doc = asdict(self)
         doc["last_leaf"] = self.last_leaf
         return doc
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TreeLog:
@@ -153,7 +146,7 @@ class TreeLog:
             f.flush()
             os.fsync(f.fileno())
         if new_file:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         self.files.append(entry)
         self.by_key[key] = entry
         self.frontier = frontier

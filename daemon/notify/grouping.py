@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from daemon.durable import atomic_write
 from daemon.notify.config import RouteConfig, severity_rank
 
 MAX_IDS_LISTED = 10
@@ -97,13 +97,7 @@ class Grouper:
                 )
 
     def _save_sync(self, data: bytes) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        atomic_write(self.state_path, data)
 
     async def save(self) -> None:
         sent = {

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+from daemon.durable import fsync_dir
 from daemon.stores.base import (
     ObjectConflict,
     ObjectInfo,
@@ -42,14 +43,6 @@ class LocalStoreConfig(BaseModel):
     """Mode of stored files (0o444 or 0444): read-only so a stray write cannot alter evidence."""
     fsync: bool = True
     """fsync each file and its directory before it counts as stored."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalStore:
@@ -109,7 +102,7 @@ class LocalStore:
         finally:
             tmp.unlink(missing_ok=True)
         if self.config.fsync:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     async def put(self, key: str, data: bytes) -> None:
         try:
