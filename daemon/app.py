@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import signal
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon import telemetry
-from daemon.archive.archiver import Archiver, Delivery
+from daemon.api.audit import Auditor
+from daemon.api.auth import Authenticator
+from daemon.api.routes import ApiGuard, ProofProvider, QueryApi
+from daemon.archive.archiver import Archiver, Delivery, Listener
 from daemon.archive.tracker import quarantine_delivery, tracker_delivery
-from daemon.config import Config
+from daemon.config import Config, TlsConfig
+from daemon.index import CURSOR as INDEX_CURSOR
+from daemon.index import Classifier, IndexBackend, Indexer, IndexUnavailable, build_index
 from daemon.intake import Intake
 from daemon.journal import Journal
 from daemon.sources.http import HttpIngest
@@ -69,6 +75,13 @@ class App:
         )
         self.intake = Intake(self.journal)
         self.archivers: list[Archiver] = []
+        self.index: IndexBackend | None = None
+        self.indexer: Indexer | None = None
+        # Set before start() to classify indexed events (the rule engine) and prove them (integrity).
+        self.classify: Classifier | None = None
+        self.proof: ProofProvider | None = None
+        # Other components add admin routes through the guard: guard.protect("admin", ...).
+        self.guard: ApiGuard | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
         self._stop_requested = asyncio.Event()
@@ -90,7 +103,8 @@ class App:
         self.writer_id = await asyncio.to_thread(resolve_writer_id, c)
         self.stores = {name: build_store(name, sc) for name, sc in c.stores.items()}
         deliveries = self._deliveries()
-        report = await self.journal.open(consumers=[d.cursor for d in deliveries])
+        consumers = [d.cursor for d in deliveries] + ([INDEX_CURSOR] if c.index.enabled else [])
+        report = await self.journal.open(consumers=consumers)
         log.info(
             "journal.recovered",
             dir=str(c.journal.dir),
@@ -103,16 +117,36 @@ class App:
             backlog={name: report.end_offset - off for name, off in report.cursors.items()},
         )
         state_dir = c.journal.dir / "state"
+        if c.index.enabled:
+            self.index = build_index(c.index)
+            try:
+                # Open now so queries work from the first request; if the backend is down,
+                # ingest still starts and the indexer keeps retrying (readyz says why).
+                await self.index.open()
+            except IndexUnavailable as exc:
+                log.error("index.open_failed", backend=self.index.name, error=str(exc))
+            self.indexer = Indexer(self.journal, self.index, c.index, self.classify)
+            self._tasks.append(asyncio.create_task(self._guard(self.indexer.run(), INDEX_CURSOR)))
+        tracker_names = {t.name for t in c.trackers}
         for d in deliveries:
-            archiver = Archiver(self.journal, d, state_dir)
+            listeners: list[Listener] = (
+                [self.indexer.on_stored] if self.indexer is not None and d.name in tracker_names else []
+            )
+            archiver = Archiver(self.journal, d, state_dir, listeners=listeners)
             self.archivers.append(archiver)
             self._tasks.append(asyncio.create_task(self._guard(archiver.run(), d.cursor)))
         api = web.Application(client_max_size=(c.ingest.http.max_body_bytes if c.ingest.http else 1024**2))
         api.router.add_get("/healthz", self._healthz)
         api.router.add_get("/readyz", self._readyz)
         if c.ingest.http is not None:
-            HttpIngest(c.ingest.http, self.intake).add_routes(api)
-            self.http_port = await self._listen(api, c.ingest.http.listen)
+            auth = Authenticator(c.auth, c.ingest.http.tokens)
+            auditor = Auditor(self.intake, c.auth.audit_tenant, self.writer_id)
+            self.guard = ApiGuard(auth, auditor)
+            HttpIngest(c.ingest.http, self.intake, self.guard).add_routes(api)
+            if self.index is not None:
+                QueryApi(self.index, self.guard, self.proof).add_routes(api)
+            tls = _ssl_context(c.ingest.http.tls) if c.ingest.http.tls else None
+            self.http_port = await self._listen(api, c.ingest.http.listen, tls)
         if c.metrics.listen:
             metrics = web.Application()
             metrics.router.add_get("/metrics", self._metrics)
@@ -126,11 +160,11 @@ class App:
             trackers=[t.name for t in c.trackers],
         )
 
-    async def _listen(self, app: web.Application, listen: str) -> int:
+    async def _listen(self, app: web.Application, listen: str, tls: ssl.SSLContext | None = None) -> int:
         host, port = split_listen(listen)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         await site.start()
         self._runners.append(runner)
         server = site._server
@@ -159,6 +193,8 @@ class App:
             problems.append(
                 f"journal at its budget ({self.journal.bytes_used} of {self.journal.max_bytes} bytes)"
             )
+        if self.indexer is not None and not self.indexer.healthy:
+            problems.append(f"index {self.indexer.backend.name}: {self.indexer.last_error}")
         for archiver in self.archivers:
             if not archiver.healthy:
                 problems.append(f"archive {archiver.d.name}: {archiver.last_error}")
@@ -194,8 +230,12 @@ class App:
         self._runners.clear()
         for archiver in self.archivers:
             archiver.stop(deadline=grace)
+        if self.indexer is not None:
+            self.indexer.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.index is not None:
+            await self.index.close()
         await self.journal.close()
         for store in self.stores.values():
             with contextlib.suppress(Exception):
@@ -212,6 +252,19 @@ class App:
             await self._stop_requested.wait()
         finally:
             await self.stop()
+
+
+def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """A server TLS context; raises ValueError naming the files when they cannot be loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"ingest.http.tls: cannot load certificate {tls.cert_file} with key {tls.key_file}: {exc}"
+        ) from exc
+    return context
 
 
 def state_dir(config: Config) -> Path:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from daemon.api.auth import AuthConfig
+from daemon.index.base import IndexConfig
 from daemon.stores import StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size
@@ -26,14 +28,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TlsConfig(Strict):
+    """Serve HTTPS with this certificate chain and private key (PEM files)."""
+
+    cert_file: Path
+    key_file: Path
+
+
 class HttpIngestConfig(Strict):
-    """HTTP ingest: ``POST /v1/events``."""
+    """HTTP ingest: ``POST /v1/events``, and the query API on the same listener."""
 
     listen: str = "127.0.0.1:8787"
     max_event_bytes: Size = 262_144
     max_body_bytes: Size = 32 * 1024 * 1024
     retry_after: Duration = 5.0
+    # Deprecated: SHA-256 digests of producer tokens; prefer auth.tokens (each becomes a
+    # producer for every tenant named ingest-token-N).
     tokens: list[str] = Field(default_factory=list)
+    tls: TlsConfig | None = None
 
 
 class IngestConfig(Strict):
@@ -102,6 +114,8 @@ class Config(Strict):
     stores: dict[str, StoreConfig] = Field(default_factory=_default_stores)
     quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
     trackers: list[TrackerConfig] = Field(default_factory=_default_trackers)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

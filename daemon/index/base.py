@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from daemon.events import CANONICAL_FIELDS, Entry, Event
 from daemon.index.query import Query
@@ -27,7 +27,7 @@ ALL_COLUMNS: tuple[str, ...] = (*LIST_COLUMNS, "journal_offset", "source", "reco
 class IndexConfig(BaseModel):
     """``index:``: the queryable store of recent events behind ``GET /v1/events``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     enabled: bool = True
     backend: Literal["sqlite", "postgres"] = "sqlite"
@@ -40,6 +40,12 @@ class IndexConfig(BaseModel):
     retention: Duration = 7 * 86400.0
     prune_interval: Duration = 300.0
     batch: int = Field(default=2000, ge=1, le=50_000)
+
+    @model_validator(mode="after")
+    def _dsn(self) -> IndexConfig:
+        if self.backend == "postgres" and not self.dsn:
+            raise ValueError("dsn: required when backend is postgres (postgresql://user@host:5432/db)")
+        return self
 
 
 class IndexUnavailable(Exception):

@@ -57,6 +57,9 @@ class Indexer:
         self._stopping.set()
 
     async def run(self) -> None:
+        """Open the backend (retrying while it is down), then index until ``stop``."""
+        if not await self._open():
+            return
         reader = self.journal.reader(CURSOR)
         try:
             while not self._stopping.is_set():
@@ -69,6 +72,30 @@ class Indexer:
                 await self._maybe_prune()
         finally:
             reader.close()
+
+    async def _open(self) -> bool:
+        delay = RETRY_INITIAL
+        while True:
+            try:
+                await self.backend.open()
+            except IndexUnavailable as exc:
+                if self.last_error is None:
+                    log.error("index.open_failed", backend=self.backend.name, error=str(exc))
+                self.last_error = str(exc)
+                if await self._wait_stop(delay):
+                    return False
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            self.last_error = None
+            return True
+
+    async def _wait_stop(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True if ``stop`` was called meanwhile."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def _rows(self, entries: list[tuple[int, bytes]]) -> list[IndexRow]:
         rows = []
@@ -103,12 +130,10 @@ class Indexer:
                         detail="events stay in the journal and are indexed when the index is back",
                     )
                 self.last_error = str(exc)
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                if await self._wait_stop(delay):
                     return False
-                except TimeoutError:
-                    delay = min(delay * 2, RETRY_MAX)
-                    continue
+                delay = min(delay * 2, RETRY_MAX)
+                continue
             if self.last_error is not None:
                 log.info("index.recovered", backend=self.backend.name)
                 self.last_error = None
