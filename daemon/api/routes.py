@@ -247,7 +247,7 @@ class QueryApi:
         assert principal is not None
         event_id = request.match_info["event_id"]
         info = audit_info()
-        info.update(resource_id=event_id[:512], request={"method": "GET", "id": event_id[:512]})
+        info.update(resource_id=event_id[:512], request={"method": "GET", "event_id": event_id[:512]})
         try:
             stored = await self.index.get(event_id)
         except IndexUnavailable as exc:
