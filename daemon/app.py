@@ -82,6 +82,7 @@ class App:
         self.proof: ProofProvider | None = None
         # Other components add admin routes through the guard: guard.protect("admin", ...).
         self.guard: ApiGuard | None = None
+        self._tls: ssl.SSLContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
         self._stop_requested = asyncio.Event()
@@ -100,6 +101,9 @@ class App:
 
     async def start(self) -> None:
         c = self.config
+        # A bad certificate fails the start before anything is opened.
+        http_tls = c.ingest.http.tls if c.ingest.http else None
+        self._tls = _ssl_context(http_tls) if http_tls else None
         self.writer_id = await asyncio.to_thread(resolve_writer_id, c)
         self.stores = {name: build_store(name, sc) for name, sc in c.stores.items()}
         deliveries = self._deliveries()
@@ -145,8 +149,7 @@ class App:
             HttpIngest(c.ingest.http, self.intake, self.guard).add_routes(api)
             if self.index is not None:
                 QueryApi(self.index, self.guard, self.proof).add_routes(api)
-            tls = _ssl_context(c.ingest.http.tls) if c.ingest.http.tls else None
-            self.http_port = await self._listen(api, c.ingest.http.listen, tls)
+            self.http_port = await self._listen(api, c.ingest.http.listen, self._tls)
         if c.metrics.listen:
             metrics = web.Application()
             metrics.router.add_get("/metrics", self._metrics)

@@ -284,3 +284,14 @@ async def test_an_auditor_query_is_in_the_trail_and_in_the_archive(tmp_path: Pat
         assert f"/{AUDIT_TENANT}/" in trace["_key"]
         raw = gzip.decompress((d.archive / trace["_key"]).read_bytes())
         assert orjson.dumps({k: v for k, v in trace.items() if k != "_key"}) in raw
+
+
+async def test_unreadable_certificate_fails_the_start_naming_the_files(tmp_path: Path) -> None:
+    from daemon.app import App
+    from daemon.config import parse_config
+
+    missing = tmp_path / "nope.pem"
+    text = config_yaml(tmp_path, http_extra=f"    tls: {{cert_file: {missing}, key_file: {missing}}}")
+    app = App(parse_config(text))
+    with pytest.raises(ValueError, match=r"ingest\.http\.tls: cannot load certificate .*nope\.pem"):
+        await app.start()
