@@ -26,9 +26,11 @@ from daemon.api.routes import ApiGuard, ProofProvider, QueryApi
 from daemon.archive.archiver import Archiver, Delivery, Listener
 from daemon.archive.tracker import quarantine_delivery, tracker_delivery
 from daemon.config import Config, TlsConfig
+from daemon.decodepool import DecodePool, default_workers
 from daemon.index import CURSOR as INDEX_CURSOR
 from daemon.index import Classifier, IndexBackend, Indexer, IndexUnavailable, build_index
 from daemon.intake import Intake
+from daemon.integrity.runtime import Integrity
 from daemon.journal import Journal
 from daemon.sources.http import HttpIngest
 from daemon.stores import build_store
@@ -74,6 +76,7 @@ class App:
             fsync=config.journal.fsync,
         )
         self.intake = Intake(self.journal)
+        self.decode_pool: DecodePool | None = None
         self.archivers: list[Archiver] = []
         self.index: IndexBackend | None = None
         self.indexer: Indexer | None = None
@@ -83,6 +86,7 @@ class App:
         # Other components add admin routes through the guard: guard.protect("admin", ...).
         self.guard: ApiGuard | None = None
         self._tls: ssl.SSLContext | None = None
+        self.integrity: Integrity | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
         self._stop_requested = asyncio.Event()
@@ -131,22 +135,26 @@ class App:
                 log.error("index.open_failed", backend=self.index.name, error=str(exc))
             self.indexer = Indexer(self.journal, self.index, c.index, self.classify)
             self._tasks.append(asyncio.create_task(self._guard(self.indexer.run(), INDEX_CURSOR)))
+        self.integrity = Integrity(c, self.stores, self.writer_id)
+        await self.integrity.start()
         tracker_names = {t.name for t in c.trackers}
         for d in deliveries:
-            listeners: list[Listener] = (
-                [self.indexer.on_stored] if self.indexer is not None and d.name in tracker_names else []
-            )
-            archiver = Archiver(self.journal, d, state_dir, listeners=listeners)
+            listeners: list[Listener] = list(self.integrity.listeners(d.name))
+            if self.indexer is not None and d.name in tracker_names:
+                listeners.append(self.indexer.on_stored)
+            archiver = Archiver(self.journal, d, state_dir, listeners)
             self.archivers.append(archiver)
             self._tasks.append(asyncio.create_task(self._guard(archiver.run(), d.cursor)))
         api = web.Application(client_max_size=(c.ingest.http.max_body_bytes if c.ingest.http else 1024**2))
         api.router.add_get("/healthz", self._healthz)
         api.router.add_get("/readyz", self._readyz)
         if c.ingest.http is not None:
+            workers = c.ingest.http.decode_workers
+            self.decode_pool = DecodePool(default_workers() if workers is None else workers)
             auth = Authenticator(c.auth, c.ingest.http.tokens)
             auditor = Auditor(self.intake, c.auth.audit_tenant, self.writer_id)
             self.guard = ApiGuard(auth, auditor)
-            HttpIngest(c.ingest.http, self.intake, self.guard).add_routes(api)
+            HttpIngest(c.ingest.http, self.intake, self.decode_pool, self.guard).add_routes(api)
             if self.index is not None:
                 QueryApi(self.index, self.guard, self.proof).add_routes(api)
             self.http_port = await self._listen(api, c.ingest.http.listen, self._tls)
@@ -239,7 +247,12 @@ class App:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.index is not None:
             await self.index.close()
+        if self.integrity is not None:
+            # After the archivers: the chain-end digest must list their last files.
+            await self.integrity.stop()
         await self.journal.close()
+        if self.decode_pool is not None:
+            self.decode_pool.close()
         for store in self.stores.values():
             with contextlib.suppress(Exception):
                 await store.close()

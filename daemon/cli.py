@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from daemon import __version__
+from daemon import __version__, configdoc
 from daemon.config import ConfigError, load_config
 from daemon.telemetry import configure_logging
 
@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--token", help="producer bearer token")
     send.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     send.set_defaults(func=_cmd_send)
+
+    from daemon.integrity import cli as integrity_cli
+
+    integrity_cli.register(sub)
+    configdoc.register(sub)
     return parser
 
 

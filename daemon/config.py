@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from daemon.api.auth import AuthConfig
 from daemon.index.base import IndexConfig
+from daemon.integrity.config import IntegrityConfig
 from daemon.stores import StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size
@@ -25,76 +26,116 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Attribute docstrings become field descriptions: they are the configuration
+    # reference (daemon/configdoc.py), so every field needs one.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class TlsConfig(Strict):
     """Serve HTTPS with this certificate chain and private key (PEM files)."""
 
     cert_file: Path
+    """PEM certificate chain (server certificate first)."""
     key_file: Path
+    """PEM private key of that certificate."""
 
 
 class HttpIngestConfig(Strict):
     """HTTP ingest: ``POST /v1/events``, and the query API on the same listener."""
 
     listen: str = "127.0.0.1:8787"
+    """host:port to bind; port 0 picks a free port. Use 0.0.0.0 in a container."""
     max_event_bytes: Size = 262_144
+    """One event over this size is rejected and quarantined (CloudTrail's limit is 256KiB)."""
     max_body_bytes: Size = 32 * 1024 * 1024
+    """A request body over this size is refused with 413."""
     retry_after: Duration = 5.0
-    # Deprecated: SHA-256 digests of producer tokens; prefer auth.tokens (each becomes a
-    # producer for every tenant named ingest-token-N).
+    """Retry-After sent with 503 when the journal is at its disk budget."""
     tokens: list[str] = Field(default_factory=list)
+    """Deprecated, use auth.tokens: SHA-256 hex digests of producer tokens (``sha256:<hex>``
+    or bare hex); each acts as a producer for every tenant, named ingest-token-N."""
+    decode_workers: int | None = Field(default=None, ge=0)
+    """Processes that parse request bodies off the event loop; null: one less than the CPU
+    count (at least 1); 0: parse in the daemon's own process."""
     tls: TlsConfig | None = None
+    """Serve ingest and the query API over HTTPS with these files; null: plain HTTP."""
 
 
 class IngestConfig(Strict):
+    """Sources that accept events over the network."""
+
     http: HttpIngestConfig | None = Field(default_factory=HttpIngestConfig)
+    """HTTP ingest; null disables the HTTP listener."""
 
 
 class JournalConfig(Strict):
     """The durable local log every source appends to and every consumer reads."""
 
     dir: Path = Path("var/journal")
+    """Directory of segments, cursors and consumer state; keep it on persistent storage."""
     max_bytes: Size = 2 * 1024**3
+    """Disk budget; beyond it HTTP ingest answers 503 and queue sources stop pulling."""
     segment_bytes: Size = 64 * 1024**2
+    """Segment size; a segment is deleted once every consumer has passed it."""
     fsync: bool = True
+    """Acknowledge only after fsync; turning this off risks losing acknowledged events."""
 
 
 class QuarantineConfig(Strict):
     """Where rejected input is kept, with its raw bytes and reason."""
 
     store: str = "local"
+    """Name of the store (under stores) that keeps rejected input."""
     prefix: str = "quarantine"
+    """Key prefix inside that store."""
     max_age: Duration = 10.0
+    """How long rejected items are batched before their file is written."""
 
 
 class FileConfig(Strict):
     """When an archive file closes, and how it is compressed."""
 
     max_events: int = Field(default=10_000, ge=1)
+    """Close a file after this many events."""
     max_bytes: Size = 16 * 1024**2
+    """... or after this many uncompressed bytes."""
     max_age: Duration = 60.0
+    """... or when its oldest event has waited this long."""
     compression: Literal["gzip"] = "gzip"
+    """File compression."""
     compression_level: int = Field(default=6, ge=1, le=9)
+    """Compression level, 1 (fastest) to 9 (smallest)."""
 
 
 class TrackerConfig(Strict):
     """A tracker selects events and delivers them as files to a store under a prefix."""
 
     name: str = Field(pattern=_NAME)
+    """Tracker name; appears in archive keys and metric labels."""
     store: str = "local"
+    """Name of the store (under stores) that receives the files."""
     prefix: str = "trails"
+    """Key prefix: <prefix>/<tracker>/<tenant>/<region>/YYYY/MM/DD/..."""
     file: FileConfig = Field(default_factory=FileConfig)
+    """When files close and how they are compressed."""
+    verify: bool = True
+    """Sign this tracker's files: Merkle leaves, signed checkpoints and a digest chain."""
 
 
 class MetricsConfig(Strict):
+    """The Prometheus metrics endpoint."""
+
     listen: str | None = "127.0.0.1:9464"
+    """host:port of the Prometheus /metrics listener; null disables it."""
 
 
 class LogConfig(Strict):
+    """Structured logs on stderr."""
+
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged."""
     format: Literal["json", "console"] = "json"
+    """json (one object per line, for production) or console."""
 
 
 def _default_trackers() -> list[TrackerConfig]:
@@ -109,15 +150,28 @@ class Config(Strict):
     """The root of ``trailkeeper.yaml``."""
 
     writer_id: str | None = Field(default=None, pattern=_NAME)
+    """Identifies this replica in archive keys and digest chains. Unset: a random id is
+    generated once and kept in the journal directory, so it survives restarts."""
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    """Sources that accept events."""
     journal: JournalConfig = Field(default_factory=JournalConfig)
+    """The durable local log."""
     stores: dict[str, StoreConfig] = Field(default_factory=_default_stores)
+    """Named object stores; trackers and the quarantine refer to them by name."""
     quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
+    """Where rejected input is kept."""
     trackers: list[TrackerConfig] = Field(default_factory=_default_trackers)
+    """Trackers: each delivers the events it selects as files to a store."""
     index: IndexConfig = Field(default_factory=IndexConfig)
+    """The query index of recent events behind GET /v1/events."""
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    """Bearer tokens, roles, tenant scopes and rate limits for the HTTP API."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """Prometheus metrics endpoint."""
     log: LogConfig = Field(default_factory=LogConfig)
+    """Structured logging."""
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
+    """Signing keys and digest chains that make the archive tamper-evident."""
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -147,6 +147,7 @@ class Journal:
         self._registered: set[str] = set()
         self._commit_lock = asyncio.Lock()
         self._disk_bytes = 0
+        self._full = False  # an append was refused; cleared once usage falls under 90% of the budget
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -264,7 +265,11 @@ class Journal:
         return self._durable - self.cursor(name)
 
     def writable(self) -> bool:
-        return not self._closed and self._failed is None and self.bytes_used < self.max_bytes
+        return (
+            not self._closed
+            and self._failed is None
+            and not (self._full and self.bytes_used > self.max_bytes * 0.9)
+        )
 
     # --- append -----------------------------------------------------------------------------
 
@@ -283,7 +288,13 @@ class Journal:
             return self._next
         frames = [frame(self._next + i, p) for i, p in enumerate(payloads)]
         size = sum(len(f) for f in frames)
+        # Hysteresis: once full, refuse until consumers free 10% of the budget, so
+        # senders back off for real instead of squeezing in one small batch at a time.
+        if self._full and self.bytes_used > self.max_bytes * 0.9:
+            raise JournalFull(self.bytes_used, self.max_bytes)
+        self._full = False
         if self.bytes_used + size > self.max_bytes:
+            self._full = True
             raise JournalFull(self.bytes_used, self.max_bytes)
         first = self._next
         self._next += len(frames)

@@ -119,6 +119,50 @@ ARCHIVE_LAST_SUCCESS = Gauge(
     registry=REGISTRY,
 )
 
+# --- notifications --------------------------------------------------------------------------
+# topic and protocol are configuration names (topics are declared in the YAML), never values
+# taken from events; reason is one of a fixed set (timeout, connect, http_4xx, http_5xx,
+# rejected, template, rate_limited).
+NOTIFY_SENT = Counter(
+    "trailkeeper_notify_sent_total",
+    "Notifications delivered, by topic and subscription protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_FAILED = Counter(
+    "trailkeeper_notify_failed_total",
+    "Failed delivery attempts (each retry counts), by topic, protocol and reason.",
+    ["topic", "protocol", "reason"],
+    registry=REGISTRY,
+)
+NOTIFY_DEAD_LETTERED = Counter(
+    "trailkeeper_notify_dead_lettered_total",
+    "Notifications parked in the dead-letter store after their retry budget, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_QUEUE_DEPTH = Gauge(
+    "trailkeeper_notify_queue_depth",
+    "Notifications waiting in a subscription's outbox, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+
+# --- integrity ------------------------------------------------------------------------------
+DIGEST_LAST_SUCCESS = Gauge(
+    "trailkeeper_digest_last_success_timestamp_seconds",
+    "When a tracker's digest chain last advanced: a signed digest was stored (Unix time).",
+    ["tracker"],
+    registry=REGISTRY,
+)
+VALIDATE_FINDINGS = Counter(
+    "trailkeeper_validate_findings_total",
+    "Problems found by validation runs, by tracker and finding "
+    "(modified, missing, unlisted, moved, bad_signature, stale_tail).",
+    ["tracker", "finding"],
+    registry=REGISTRY,
+)
+
 # --- quarantine -----------------------------------------------------------------------------
 QUARANTINE_STORED = Counter(
     "trailkeeper_quarantine_items_stored_total",

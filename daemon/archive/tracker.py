@@ -20,8 +20,7 @@ def _match_all(_entry: Entry) -> bool:
 
 
 def _event_partition(entry: Entry) -> keys.Partition:
-    c = entry.canonical
-    return keys.partition_of(c.get("tenant"), c.get("region"), entry.received_ms)
+    return keys.partition_of(entry.tenant, entry.region, entry.received_ms)
 
 
 def tracker_delivery(

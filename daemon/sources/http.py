@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from daemon.config import HttpIngestConfig
-from daemon.events import Decoder, Event
+from daemon.decodepool import DecodePool
 from daemon.intake import Intake
 from daemon.journal import JournalClosed, JournalError, JournalFull
 from daemon.telemetry import HTTP_REQUESTS, get_logger
@@ -50,11 +50,13 @@ def _error(status: int, message: str, **extra: object) -> web.Response:
 class HttpIngest:
     """The ``POST /v1/events`` handler and its checks."""
 
-    def __init__(self, config: HttpIngestConfig, intake: Intake, guard: ApiGuard | None = None) -> None:
+    def __init__(
+        self, config: HttpIngestConfig, intake: Intake, pool: DecodePool, guard: ApiGuard | None = None
+    ) -> None:
         self.config = config
         self.intake = intake
+        self.pool = pool
         self.guard = guard
-        self.decoder = Decoder(max_event_bytes=config.max_event_bytes, source=SOURCE)
         self._token_hashes = {t.removeprefix("sha256:").lower() for t in config.tokens}
 
     def add_routes(self, app: web.Application) -> None:
@@ -105,25 +107,26 @@ class HttpIngest:
             return self._too_large()
         if not body.strip():
             return _error(400, "empty body: send a JSON event, an array, a CloudTrail envelope or NDJSON")
-        items = self.decoder.decode(body, ndjson=ndjson)
+        ref = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        decoded = await self.pool.decode(body, ndjson, self.config.max_event_bytes, SOURCE, ref)
         if principal is not None and principal.tenants is not None:
             foreign = [
-                {"index": i, "tenant": item.canonical.get("tenant")}
-                for i, item in enumerate(items)
-                if isinstance(item, Event) and not principal.sees(item.canonical.get("tenant"))
+                {"index": i, "tenant": tenant}
+                for i, tenant in enumerate(decoded.tenants)
+                if not principal.sees(tenant)
             ]
             if foreign:
                 # Refused whole: a producer never gets part of a batch accepted behind its back.
+                # ``index`` is the event's position among the request's accepted events.
                 return _error(
                     403,
                     f"token {principal.name!r} may only send events of tenants "
-                    f"{sorted(principal.tenants)}; {len(foreign)} item(s) belong to others "
+                    f"{sorted(principal.tenants)}; {len(foreign)} event(s) belong to others "
                     "and nothing from this request was written",
                     items=foreign[:100],
                 )
-        ref = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         try:
-            outcome = await self.intake.submit(items, SOURCE, ref)
+            await self.intake.submit_decoded(decoded, SOURCE)
         except JournalFull as exc:
             retry = max(1, math.ceil(self.config.retry_after))
             return web.json_response(
@@ -135,10 +138,12 @@ class HttpIngest:
             return web.json_response(
                 {"error": f"journal unavailable: {exc}"}, status=503, headers={"Retry-After": "5"}
             )
-        rejected = [{"index": r.index, "reason": r.message()} for r in outcome.rejected]
-        status = 400 if outcome.accepted == 0 and rejected else 202
+        rejected = [
+            {"index": index, "reason": f"{reason}: {detail}"} for index, reason, detail in decoded.rejected
+        ]
+        status = 400 if decoded.accepted == 0 and rejected else 202
         return web.json_response(
-            {"accepted": outcome.accepted, "rejected": rejected, "request_id": ref}, status=status
+            {"accepted": decoded.accepted, "rejected": rejected, "request_id": ref}, status=status
         )
 
     def _too_large(self) -> web.Response:

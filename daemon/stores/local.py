@@ -32,11 +32,15 @@ def _file_mode(value: object) -> object:
 class LocalStoreConfig(BaseModel):
     """A directory on local disk (the embedded default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     type: Literal["local"] = "local"
+    """Store type."""
     path: Path = Path("var/archive")
+    """Root directory of the store."""
     file_mode: Annotated[int, BeforeValidator(_file_mode)] = 0o444
+    """Mode of stored files (0o444 or 0444): read-only so a stray write cannot alter evidence."""
     fsync: bool = True
+    """fsync each file and its directory before it counts as stored."""
 
 
 def _fsync_dir(path: Path) -> None:
