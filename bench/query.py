@@ -177,7 +177,7 @@ async def bench_postgres(data: list[IndexRow], runs: int) -> dict[str, Any]:
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         index = build_index(
-            IndexConfig(backend="postgres", dsn=PG_ADMIN.rsplit("/", 1)[0] + "/" + name, schema="trailkeeper")
+            IndexConfig(backend="postgres", dsn=PG_ADMIN.rsplit("/", 1)[0] + "/" + name, pg_schema="trailkeeper")
         )
         await index.open()
         try:

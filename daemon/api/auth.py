@@ -38,24 +38,31 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class RateLimitConfig(_Strict):
     """A token bucket: ``requests_per_second`` sustained, ``burst`` at once."""
 
     requests_per_second: float = Field(default=50.0, gt=0)
+    """Sustained requests per second a token may make."""
     burst: int = Field(default=100, ge=1)
+    """Requests a token may make at once before the sustained rate applies."""
 
 
 class TokenConfig(_Strict):
     """One bearer token: a name (appears in the audit trail), its SHA-256, a role and tenants."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$")
+    """Names the caller in the audit trail (user.name of trailkeeper's own events)."""
     sha256: str
+    """SHA-256 hex of the token (printf %s TOKEN | sha256sum), never the token itself."""
     role: Role
+    """producer: ingest only; auditor: read; admin: everything (replay, reload)."""
     tenants: list[str] = Field(min_length=1)
-    rate_limit: RateLimitConfig | None = None  # overrides auth.rate_limit for this token
+    """Tenants (account or project ids) this token may send or read; ["*"]: every tenant."""
+    rate_limit: RateLimitConfig | None = None
+    """This token's own limit; null: auth.rate_limit applies."""
 
     @field_validator("sha256")
     @classmethod
@@ -82,10 +89,11 @@ class AuthConfig(_Strict):
     """``auth:``: who may call the API."""
 
     tokens: list[TokenConfig] = Field(default_factory=list)
+    """Bearer tokens. None at all: ingest is open (as before auth existed) and reads answer 401."""
     rate_limit: RateLimitConfig | None = Field(default_factory=RateLimitConfig)
-    # The tenant of the events trailkeeper records about its own API use: only tokens
-    # with this tenant (or "*") can read who queried the trail.
+    """Per-token request rate limit (429 with Retry-After beyond it); null: unlimited."""
     audit_tenant: str = Field(default="trailkeeper", min_length=1)
+    """Tenant of the events recording API use; only tokens with it (or "*") read who queried."""
 
     @model_validator(mode="after")
     def _unique(self) -> AuthConfig:

@@ -24,7 +24,7 @@ def build_index(config: IndexConfig) -> IndexBackend:
 
         if not config.dsn:
             raise ValueError("index.dsn: required when index.backend is postgres")
-        return PostgresIndex(config.dsn, config.schema_name, config.pool_size)
+        return PostgresIndex(config.dsn, config.pg_schema, config.pool_size)
     from daemon.index.sqlite import SqliteIndex
 
     return SqliteIndex(config.path, readers=config.pool_size)

@@ -27,19 +27,26 @@ ALL_COLUMNS: tuple[str, ...] = (*LIST_COLUMNS, "journal_offset", "source", "reco
 class IndexConfig(BaseModel):
     """``index:``: the queryable store of recent events behind ``GET /v1/events``."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     enabled: bool = True
+    """Index events for the query API; false: no index, no GET /v1/events."""
     backend: Literal["sqlite", "postgres"] = "sqlite"
-    # SQLite file; relative paths are relative to the working directory, like journal.dir.
+    """sqlite: an embedded file; postgres: a database several replicas can share."""
     path: Path = Path("var/index/events.db")
-    # PostgreSQL: a libpq-style DSN, and a schema so several deployments can share a database.
+    """sqlite: the database file (WAL mode); relative paths start at the working directory."""
     dsn: str | None = None
-    schema_name: str = Field(default="trailkeeper", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    """postgres: a libpq DSN, e.g. postgresql://tk@db:5432/trailkeeper (use ${ENV} for a password)."""
+    pg_schema: str = Field(default="trailkeeper", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    """postgres: the schema holding the index tables."""
     pool_size: int = Field(default=4, ge=1, le=64)
+    """Connections serving queries (sqlite: read-only connections; postgres: pool size)."""
     retention: Duration = 7 * 86400.0
+    """Events received longer ago than this leave the index (never the archive)."""
     prune_interval: Duration = 300.0
+    """How often retention runs."""
     batch: int = Field(default=2000, ge=1, le=50_000)
+    """Journal entries indexed per write."""
 
     @model_validator(mode="after")
     def _dsn(self) -> IndexConfig:

@@ -72,7 +72,7 @@ async def index(
             backend = build_index(IndexConfig(path=tmp_path / "index" / "events.db"))
         else:
             dsn = await stack.enter_async_context(pg_database())
-            backend = build_index(IndexConfig(backend="postgres", dsn=dsn, schema="tk_contract"))
+            backend = build_index(IndexConfig(backend="postgres", dsn=dsn, pg_schema="tk_contract"))
         await backend.open()
         stack.push_async_callback(backend.close)
         yield backend

@@ -12,7 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
-from query_support import (
+
+from tests.integration.query_support import (
     AUDIT_TENANT,
     TENANT_A,
     TENANT_B,

@@ -25,17 +25,36 @@ BATCH = 1000
 
 def _record(i: int) -> bytes:
     # About 1 KiB, shaped like a CloudTrail management event.
-    return orjson.dumps({
-        "eventVersion": "1.08", "eventID": f"crash-{i:08d}", "eventTime": "2024-07-31T14:23:46Z",
-        "eventSource": "ec2.amazonaws.com", "eventName": "DescribeInstances", "awsRegion": "eu-west-1",
-        "sourceIPAddress": "198.51.100.7", "userAgent": "aws-cli/2.15.0 Python/3.11.6 Linux/6.1",
-        "recipientAccountId": f"1111{i % 4}", "requestID": f"req-{i:08d}",
-        "userIdentity": {"type": "IAMUser", "principalId": "AIDAEXAMPLE", "accountId": "111122223333",
-                         "arn": "arn:aws:iam::111122223333:user/alice", "userName": "alice"},
-        "requestParameters": {"instancesSet": {"items": [{"instanceId": "i-0123456789abcdef0"}]},
-                              "filterSet": {}, "pad": "p" * 420},
-        "responseElements": None, "readOnly": True, "eventType": "AwsApiCall", "managementEvent": True,
-    })
+    return orjson.dumps(
+        {
+            "eventVersion": "1.08",
+            "eventID": f"crash-{i:08d}",
+            "eventTime": "2024-07-31T14:23:46Z",
+            "eventSource": "ec2.amazonaws.com",
+            "eventName": "DescribeInstances",
+            "awsRegion": "eu-west-1",
+            "sourceIPAddress": "198.51.100.7",
+            "userAgent": "aws-cli/2.15.0 Python/3.11.6 Linux/6.1",
+            "recipientAccountId": f"1111{i % 4}",
+            "requestID": f"req-{i:08d}",
+            "userIdentity": {
+                "type": "IAMUser",
+                "principalId": "AIDAEXAMPLE",
+                "accountId": "111122223333",
+                "arn": "arn:aws:iam::111122223333:user/alice",
+                "userName": "alice",
+            },
+            "requestParameters": {
+                "instancesSet": {"items": [{"instanceId": "i-0123456789abcdef0"}]},
+                "filterSet": {},
+                "pad": "p" * 420,
+            },
+            "responseElements": None,
+            "readOnly": True,
+            "eventType": "AwsApiCall",
+            "managementEvent": True,
+        }
+    )
 
 
 async def _sender(url: str, batches: list[list[int]], acked: set[int], stop: asyncio.Event) -> None:
@@ -44,8 +63,11 @@ async def _sender(url: str, batches: list[list[int]], acked: set[int], stop: asy
             ids = batches.pop(0)
             body = gzip.compress(b"\n".join(_record(i) for i in ids), compresslevel=1)
             try:
-                async with s.post(url, data=body, headers={
-                    "Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}) as resp:
+                async with s.post(
+                    url,
+                    data=body,
+                    headers={"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"},
+                ) as resp:
                     if resp.status == 202:
                         doc = await resp.json()
                         assert doc["accepted"] == len(ids), doc
@@ -63,7 +85,9 @@ def _archive_ids(root: Path) -> Counter[str]:
 
 
 @pytest.mark.slow
-async def test_kill9_midstream_then_restart_archives_every_ack_once(tmp_path: Path, daemon_process: Any) -> None:
+async def test_kill9_midstream_then_restart_archives_every_ack_once(
+    tmp_path: Path, daemon_process: Any
+) -> None:
     d = daemon_process(
         journal=f"journal: {{dir: {tmp_path}/journal, max_bytes: 1GiB, segment_bytes: 16MiB}}\n",
         trackers=(

@@ -39,8 +39,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # shared/ sits beside the clone (CI) or beside the worktrees' parent (development).
 STRATUS = next(
-    (p / "shared" / "data" / "cloudtrail-stratus" for p in (ROOT.parent, ROOT.parent.parent)
-     if (p / "shared" / "data" / "cloudtrail-stratus").exists()),
+    (
+        p / "shared" / "data" / "cloudtrail-stratus"
+        for p in (ROOT.parent, ROOT.parent.parent)
+        if (p / "shared" / "data" / "cloudtrail-stratus").exists()
+    ),
     ROOT.parent / "shared" / "data" / "cloudtrail-stratus",
 )
 FAST_WINDOW = "12s"

@@ -18,9 +18,14 @@ from tests.conftest import base_config_text, read_archive, stratus_records
 
 
 async def _post(app: App, body: bytes, ctype: str = "application/json", **headers: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as s, s.post(
-        f"http://127.0.0.1:{app.http_port}/v1/events", data=body, headers={"Content-Type": ctype, **headers}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"http://127.0.0.1:{app.http_port}/v1/events",
+            data=body,
+            headers={"Content-Type": ctype, **headers},
+        ) as resp,
+    ):
         return resp.status, await resp.json(content_type=None)
 
 
@@ -48,9 +53,13 @@ async def test_stratus_records_archived_each_once_and_equal(app: App, tmp_path: 
 
 
 async def test_ndjson_mix_rejects_per_item_and_quarantines_raw_bytes(app: App, tmp_path: Path) -> None:
-    good = [orjson.dumps({"eventSource": "iam.amazonaws.com", "eventName": "CreateUser", "eventID": f"ok{i}"})
-            for i in range(3)]
-    oversize = orjson.dumps({"eventSource": "s3.amazonaws.com", "eventName": "PutObject", "pad": "x" * 300_000})
+    good = [
+        orjson.dumps({"eventSource": "iam.amazonaws.com", "eventName": "CreateUser", "eventID": f"ok{i}"})
+        for i in range(3)
+    ]
+    oversize = orjson.dumps(
+        {"eventSource": "s3.amazonaws.com", "eventName": "PutObject", "pad": "x" * 300_000}
+    )
     bad_utf8 = b'{"eventSource": "s3.amazonaws.com", "eventName": "\xc3\x28"}'
     lines = [good[0], b"{this is not json", b"42", good[1], oversize, bad_utf8, good[2]]
     status, doc = await _post(app, b"\n".join(lines), "application/x-ndjson")
@@ -68,11 +77,15 @@ async def test_ndjson_mix_rejects_per_item_and_quarantines_raw_bytes(app: App, t
     quarantined: list[dict] = []
     async with asyncio.timeout(10):
         while len(quarantined) < 4:
-            quarantined = [
-                json.loads(line)
-                for p in (tmp_path / "archive" / "quarantine").rglob("*.jsonl.gz")
-                for line in gzip.decompress(p.read_bytes()).splitlines()
-            ] if (tmp_path / "archive" / "quarantine").exists() else []
+            quarantined = (
+                [
+                    json.loads(line)
+                    for p in (tmp_path / "archive" / "quarantine").rglob("*.jsonl.gz")
+                    for line in gzip.decompress(p.read_bytes()).splitlines()
+                ]
+                if (tmp_path / "archive" / "quarantine").exists()
+                else []
+            )
             await asyncio.sleep(0.1)
     by_index = {q["index"]: q for q in quarantined}
     assert base64.b64decode(by_index[1]["raw_b64"]) == b"{this is not json"
@@ -84,8 +97,10 @@ async def test_ndjson_mix_rejects_per_item_and_quarantines_raw_bytes(app: App, t
 
 
 async def test_gzip_body_and_cts_traces(app: App, tmp_path: Path) -> None:
-    traces = [{"service_type": "ECS", "trace_name": "rebootServer", "trace_id": "t1", "time": 1700000000000},
-              {"service_type": "IAM", "trace_name": "deleteUser", "trace_id": "t2", "time": 1700000000000}]
+    traces = [
+        {"service_type": "ECS", "trace_name": "rebootServer", "trace_id": "t1", "time": 1700000000000},
+        {"service_type": "IAM", "trace_name": "deleteUser", "trace_id": "t2", "time": 1700000000000},
+    ]
     status, doc = await _post(app, gzip.compress(orjson.dumps(traces)), **{"Content-Encoding": "gzip"})
     assert status == 202 and doc["accepted"] == 2
     archived = await _wait_archived(tmp_path / "archive", 2)
@@ -93,10 +108,12 @@ async def test_gzip_body_and_cts_traces(app: App, tmp_path: Path) -> None:
 
 
 async def test_refusals_415_413_400(tmp_path: Path) -> None:
-    cfg = parse_config(base_config_text(
-        tmp_path,
-        ingest='ingest:\n  http: {listen: "127.0.0.1:0", max_body_bytes: 10KiB}\n',
-    ))
+    cfg = parse_config(
+        base_config_text(
+            tmp_path,
+            ingest='ingest:\n  http: {listen: "127.0.0.1:0", max_body_bytes: 10KiB}\n',
+        )
+    )
     app = App(cfg)
     await app.start()
     try:
@@ -108,7 +125,9 @@ async def test_refusals_415_413_400(tmp_path: Path) -> None:
         status, doc = await _post(app, gzip.compress(b" " * 5_000_000), **{"Content-Encoding": "gzip"})
         assert status == 413
         status, doc = await _post(app, b"{nope")
-        assert status == 400 and doc["accepted"] == 0 and doc["rejected"][0]["reason"].startswith("invalid_json")
+        assert (
+            status == 400 and doc["accepted"] == 0 and doc["rejected"][0]["reason"].startswith("invalid_json")
+        )
         status, doc = await _post(app, b"   ")
         assert status == 400
     finally:
@@ -116,12 +135,14 @@ async def test_refusals_415_413_400(tmp_path: Path) -> None:
 
 
 async def test_budget_pushback_503_with_retry_after(tmp_path: Path) -> None:
-    cfg = parse_config(base_config_text(
-        tmp_path,
-        journal=f"journal: {{dir: {tmp_path}/journal, max_bytes: 64KiB, segment_bytes: 8KiB}}\n",
-        stores=f"stores:\n  local: {{type: local, path: {tmp_path}/archive}}\n  dead: {{type: local, path: {tmp_path}/dead}}\n",
-        trackers="trackers:\n  - {name: default, store: dead, file: {max_events: 10, max_age: 50ms}}\n",
-    ))
+    cfg = parse_config(
+        base_config_text(
+            tmp_path,
+            journal=f"journal: {{dir: {tmp_path}/journal, max_bytes: 64KiB, segment_bytes: 8KiB}}\n",
+            stores=f"stores:\n  local: {{type: local, path: {tmp_path}/archive}}\n  dead: {{type: local, path: {tmp_path}/dead}}\n",
+            trackers="trackers:\n  - {name: default, store: dead, file: {max_events: 10, max_age: 50ms}}\n",
+        )
+    )
     (tmp_path / "dead").write_text("a file where the store's directory should be")
     app = App(cfg)
     await app.start()
@@ -134,9 +155,10 @@ async def test_budget_pushback_503_with_retry_after(tmp_path: Path) -> None:
             if status == 503:
                 break
         assert statuses[-1] == 503 and set(statuses[:-1]) == {202}
-        async with aiohttp.ClientSession() as s, s.post(
-            f"http://127.0.0.1:{app.http_port}/v1/events", data=rec
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"http://127.0.0.1:{app.http_port}/v1/events", data=rec) as resp,
+        ):
             assert resp.status == 503 and resp.headers["Retry-After"] == "5"
             assert "journal.max_bytes" in (await resp.json())["error"]
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{app.http_port}/readyz") as resp:
@@ -166,14 +188,19 @@ async def test_producer_token(tmp_path: Path, token_ok: bool) -> None:
     import hashlib
 
     digest = hashlib.sha256(b"s3cret").hexdigest()
-    cfg = parse_config(base_config_text(
-        tmp_path, ingest=f'ingest:\n  http: {{listen: "127.0.0.1:0", tokens: ["sha256:{digest}"]}}\n'
-    ))
+    cfg = parse_config(
+        base_config_text(
+            tmp_path, ingest=f'ingest:\n  http: {{listen: "127.0.0.1:0", tokens: ["sha256:{digest}"]}}\n'
+        )
+    )
     app = App(cfg)
     await app.start()
     try:
-        status, _ = await _post(app, orjson.dumps({"eventSource": "a", "eventName": "b"}),
-                                Authorization=f"Bearer {'s3cret' if token_ok else 'wrong'}")
+        status, _ = await _post(
+            app,
+            orjson.dumps({"eventSource": "a", "eventName": "b"}),
+            Authorization=f"Bearer {'s3cret' if token_ok else 'wrong'}",
+        )
         assert status == (202 if token_ok else 401)
     finally:
         await app.stop()

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from query_support import TOKENS, ndjson, running, stratus_records
 
 from daemon.api.routes import load_openapi
+from tests.integration.query_support import TOKENS, ndjson, running, stratus_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

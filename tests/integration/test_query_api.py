@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from query_support import TOKENS, ndjson, running, stratus_records
 
 from daemon.events import Event
 from daemon.index import Classification
+from tests.integration.query_support import TOKENS, ndjson, running, stratus_records
 
 pytestmark = pytest.mark.integration
 

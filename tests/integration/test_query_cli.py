@@ -7,10 +7,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from query_support import TOKENS, ndjson, running, stratus_records
 
 from daemon.api import cli
 from daemon.telemetry import configure_logging
+from tests.integration.query_support import TOKENS, ndjson, running, stratus_records
 
 pytestmark = pytest.mark.integration
 

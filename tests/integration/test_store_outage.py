@@ -17,7 +17,9 @@ from tests.integration.test_crash_recovery import _archive_ids, _record
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-async def test_unwritable_store_fills_journal_then_503_then_drains(tmp_path: Path, daemon_process: Any) -> None:
+async def test_unwritable_store_fills_journal_then_503_then_drains(
+    tmp_path: Path, daemon_process: Any
+) -> None:
     archive = tmp_path / "archive"
     d = daemon_process(
         journal=f"journal: {{dir: {tmp_path}/journal, max_bytes: 100MiB, segment_bytes: 8MiB}}\n",
@@ -39,8 +41,11 @@ async def test_unwritable_store_fills_journal_then_503_then_drains(tmp_path: Pat
             while True:
                 ids = list(range(i, i + 1000))
                 body = gzip.compress(b"\n".join(_record(n) for n in ids), compresslevel=1)
-                async with s.post(f"{d.url}/v1/events", data=body, headers={
-                        "Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}) as resp:
+                async with s.post(
+                    f"{d.url}/v1/events",
+                    data=body,
+                    headers={"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"},
+                ) as resp:
                     statuses.append(resp.status)
                     if resp.status == 503:
                         assert int(resp.headers["Retry-After"]) >= 1
