@@ -126,7 +126,7 @@ class App:
         )
         state_dir = c.journal.dir / "state"
         if c.index.enabled:
-            self.index = build_index(c.index)
+            self.index = build_index(c.index, c.journal.dir)
             try:
                 # Open now so queries work from the first request; if the backend is down,
                 # ingest still starts and the indexer keeps retrying (readyz says why).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from daemon.index.base import (
     Classification,
     Classifier,
@@ -17,8 +19,11 @@ from daemon.index.consumer import CURSOR, Indexer
 from daemon.index.query import Query, QueryError
 
 
-def build_index(config: IndexConfig) -> IndexBackend:
-    """The backend ``index.backend`` names. Raises ValueError for an incomplete config."""
+def build_index(config: IndexConfig, default_dir: Path | None = None) -> IndexBackend:
+    """The backend ``index.backend`` names; SQLite without ``path`` lives in ``default_dir``.
+
+    Raises ValueError for an incomplete config.
+    """
     if config.backend == "postgres":
         from daemon.index.postgres import PostgresIndex
 
@@ -27,7 +32,12 @@ def build_index(config: IndexConfig) -> IndexBackend:
         return PostgresIndex(config.dsn, config.pg_schema, config.pool_size)
     from daemon.index.sqlite import SqliteIndex
 
-    return SqliteIndex(config.path, readers=config.pool_size)
+    path = config.path
+    if path is None:
+        if default_dir is None:
+            raise ValueError("index.path: required when there is no journal directory to default to")
+        path = default_dir / "index" / "events.db"
+    return SqliteIndex(path, readers=config.pool_size)
 
 
 __all__ = [

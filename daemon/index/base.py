@@ -33,8 +33,8 @@ class IndexConfig(BaseModel):
     """Index events for the query API; false: no index, no GET /v1/events."""
     backend: Literal["sqlite", "postgres"] = "sqlite"
     """sqlite: an embedded file; postgres: a database several replicas can share."""
-    path: Path = Path("var/index/events.db")
-    """sqlite: the database file (WAL mode); relative paths start at the working directory."""
+    path: Path | None = None
+    """sqlite: the database file (WAL mode); null: <journal.dir>/index/events.db."""
     dsn: str | None = None
     """postgres: a libpq DSN, e.g. postgresql://tk@db:5432/trailkeeper (use ${ENV} for a password)."""
     pg_schema: str = Field(default="trailkeeper", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
