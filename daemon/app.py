@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import signal
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,24 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon import telemetry
-from daemon.archive.archiver import Archiver, Delivery
+from daemon.api.audit import Auditor
+from daemon.api.auth import Authenticator
+from daemon.api.routes import ApiGuard, ProofProvider, QueryApi
+from daemon.archive.archiver import Archiver, Delivery, Listener
 from daemon.archive.backup import Backup
 from daemon.archive.retention import Retention
 from daemon.archive.tracker import quarantine_delivery, tracker_delivery, tracker_filter
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import Config, ConfigError, TlsConfig, load_config
 from daemon.decodepool import DecodePool, default_workers
+from daemon.events import Event
+from daemon.index import CURSOR as INDEX_CURSOR
+from daemon.index import Classifier, IndexBackend, Indexer, IndexUnavailable, build_index
+from daemon.index.base import Classification
 from daemon.intake import Intake
 from daemon.integrity.runtime import Integrity
 from daemon.journal import Journal
 from daemon.notify import notifier as notify_mod
+from daemon.rules.model import SEVERITIES
 from daemon.rules.ruleset import RuleSet
 from daemon.sources.http import HttpIngest
 from daemon.stores import build_store
@@ -79,6 +88,14 @@ class App:
         self.intake = Intake(self.journal)
         self.decode_pool: DecodePool | None = None
         self.archivers: list[Archiver] = []
+        self.index: IndexBackend | None = None
+        self.indexer: Indexer | None = None
+        # Set before start() to classify indexed events (the rule engine) and prove them (integrity).
+        self.classify: Classifier | None = None
+        self.proof: ProofProvider | None = None
+        # Other components add admin routes through the guard: guard.protect("admin", ...).
+        self.guard: ApiGuard | None = None
+        self._tls: ssl.SSLContext | None = None
         self.integrity: Integrity | None = None
         self.notifier: notify_mod.Notifier | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,10 +122,13 @@ class App:
 
     async def start(self) -> None:
         c = self.config
+        # A bad certificate fails the start before anything is opened.
+        http_tls = c.ingest.http.tls if c.ingest.http else None
+        self._tls = _ssl_context(http_tls) if http_tls else None
         self.writer_id = await asyncio.to_thread(resolve_writer_id, c)
         self.stores = {name: build_store(name, sc) for name, sc in c.stores.items()}
         deliveries = self._deliveries()
-        consumers = [d.cursor for d in deliveries]
+        consumers = [d.cursor for d in deliveries] + ([INDEX_CURSOR] if c.index.enabled else [])
         if notify_mod.enabled(c.notify):
             consumers.append(notify_mod.CURSOR)
         report = await self.journal.open(consumers=consumers)
@@ -124,10 +144,24 @@ class App:
             backlog={name: report.end_offset - off for name, off in report.cursors.items()},
         )
         state_dir = c.journal.dir / "state"
+        if c.index.enabled:
+            self.index = build_index(c.index, c.journal.dir)
+            try:
+                # Open now so queries work from the first request; if the backend is down,
+                # ingest still starts and the indexer keeps retrying (readyz says why).
+                await self.index.open()
+            except IndexUnavailable as exc:
+                log.error("index.open_failed", backend=self.index.name, error=str(exc))
+            self.indexer = Indexer(self.journal, self.index, c.index, self.classify or self._classify)
+            self._tasks.append(asyncio.create_task(self._guard(self.indexer.run(), INDEX_CURSOR)))
         self.integrity = Integrity(c, self.stores, self.writer_id)
         await self.integrity.start()
+        tracker_names = {t.name for t in c.trackers}
         for d in deliveries:
-            archiver = Archiver(self.journal, d, state_dir, self.integrity.listeners(d.name))
+            listeners: list[Listener] = list(self.integrity.listeners(d.name))
+            if self.indexer is not None and d.name in tracker_names:
+                listeners.append(self.indexer.on_stored)
+            archiver = Archiver(self.journal, d, state_dir, listeners)
             self.archivers.append(archiver)
             self._tasks.append(asyncio.create_task(self._guard(archiver.run(), d.cursor)))
         self.retention = Retention.from_config(c.retention, c.trackers, self.stores)
@@ -142,9 +176,14 @@ class App:
         if c.ingest.http is not None:
             workers = c.ingest.http.decode_workers
             self.decode_pool = DecodePool(default_workers() if workers is None else workers)
-            HttpIngest(c.ingest.http, self.intake, self.decode_pool).add_routes(api)
+            auth = Authenticator(c.auth, c.ingest.http.tokens)
+            auditor = Auditor(self.intake, c.auth.audit_tenant, self.writer_id)
+            self.guard = ApiGuard(auth, auditor)
+            HttpIngest(c.ingest.http, self.intake, self.decode_pool, self.guard).add_routes(api)
+            if self.index is not None:
+                QueryApi(self.index, self.guard, self.proof).add_routes(api)
             api.router.add_get(notify_mod.CONFIRM_ROUTE, self._confirm_subscription)
-            self.http_port = await self._listen(api, c.ingest.http.listen)
+            self.http_port = await self._listen(api, c.ingest.http.listen, self._tls)
         if notify_mod.enabled(c.notify):
             self.notifier = notify_mod.build(self.journal, c, state_dir, self._public_url(), self.rules)
             await self.notifier.start()
@@ -180,11 +219,11 @@ class App:
             return web.json_response({"error": "the token does not match this subscription"}, status=403)
         return web.json_response({"confirmed": True, "topic": topic, "subscription": name})
 
-    async def _listen(self, app: web.Application, listen: str) -> int:
+    async def _listen(self, app: web.Application, listen: str, tls: ssl.SSLContext | None = None) -> int:
         host, port = split_listen(listen)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         await site.start()
         self._runners.append(runner)
         server = site._server
@@ -200,6 +239,14 @@ class App:
             log.exception("app.component_failed", component=name, error=str(exc))
             self.request_stop()
 
+    def _classify(self, event: Event) -> Classification | None:
+        """The index's view of the rules: the most severe match, and every matching rule id."""
+        matches = self.rules.match(event)
+        if not matches:
+            return None
+        top = max(matches, key=lambda m: SEVERITIES.index(m.severity) if m.severity in SEVERITIES else -1)
+        return Classification(top.category, top.severity, tuple(m.rule for m in matches))
+
     # --- endpoints --------------------------------------------------------------------------
 
     async def _healthz(self, _request: web.Request) -> web.Response:
@@ -213,6 +260,8 @@ class App:
             problems.append(
                 f"journal at its budget ({self.journal.bytes_used} of {self.journal.max_bytes} bytes)"
             )
+        if self.indexer is not None and not self.indexer.healthy:
+            problems.append(f"index {self.indexer.backend.name}: {self.indexer.last_error}")
         for archiver in self.archivers:
             if not archiver.healthy:
                 problems.append(f"archive {archiver.d.name}: {archiver.last_error}")
@@ -311,6 +360,8 @@ class App:
                 aux.stop()
         for archiver in self.archivers:
             archiver.stop(deadline=grace)
+        if self.indexer is not None:
+            self.indexer.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._aux_tasks:
@@ -320,6 +371,8 @@ class App:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*self._aux_tasks, return_exceptions=True)
+        if self.index is not None:
+            await self.index.close()
         if self.integrity is not None:
             # After the archivers: the chain-end digest must list their last files.
             await self.integrity.stop(grace)
@@ -343,6 +396,19 @@ class App:
             await self._stop_requested.wait()
         finally:
             await self.stop()
+
+
+def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """A server TLS context; raises ValueError naming the files when they cannot be loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"ingest.http.tls: cannot load certificate {tls.cert_file} with key {tls.key_file}: {exc}"
+        ) from exc
+    return context
 
 
 def state_dir(config: Config) -> Path:

@@ -13,7 +13,10 @@ from typing import Any
 import orjson
 
 from daemon import __version__, configdoc
+from daemon.api import cli as query_cli
 from daemon.config import ConfigError, load_config
+from daemon.integrity import cli as integrity_cli
+from daemon.notify import cli as notify_cli
 from daemon.rules import cli as rules_cli
 from daemon.rules.loader import RuleLoadError, load_rules
 from daemon.telemetry import configure_logging
@@ -148,13 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     send.set_defaults(func=_cmd_send)
 
-    from daemon.integrity import cli as integrity_cli
-    from daemon.notify.cli import register as register_notify
-
-    integrity_cli.register(sub)
-    configdoc.register(sub)
-    rules_cli.register(sub)
-    register_notify(sub)
+    # Every component's subcommands, registered here and only here.
+    for register in (
+        integrity_cli.register,
+        rules_cli.register,
+        notify_cli.register,
+        query_cli.register,
+        configdoc.register,
+    ):
+        register(sub)
     return parser
 
 

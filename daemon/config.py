@@ -15,8 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from daemon.api.auth import AuthConfig
 from daemon.archive.backup import BackupConfig
 from daemon.archive.retention import RetentionConfig
+from daemon.index.base import IndexConfig
 from daemon.integrity.config import IntegrityConfig
 from daemon.notify.config import NotifyConfig
 from daemon.rules.config import RulesConfig
@@ -33,8 +35,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
+class TlsConfig(Strict):
+    """Serve HTTPS with this certificate chain and private key (PEM files)."""
+
+    cert_file: Path
+    """PEM certificate chain (server certificate first)."""
+    key_file: Path
+    """PEM private key of that certificate."""
+
+
 class HttpIngestConfig(Strict):
-    """HTTP ingest: ``POST /v1/events``."""
+    """HTTP ingest: ``POST /v1/events``, and the query API on the same listener."""
 
     listen: str = "127.0.0.1:8787"
     """host:port to bind; port 0 picks a free port. Use 0.0.0.0 in a container."""
@@ -45,12 +56,14 @@ class HttpIngestConfig(Strict):
     retry_after: Duration = 5.0
     """Retry-After sent with 503 when the journal is at its disk budget."""
     tokens: list[str] = Field(default_factory=list)
-    """Producer bearer tokens accepted by ingest, each given as the SHA-256 hex of the token
-    (``sha256:<hex>`` or bare hex), so the config holds no usable secret; empty: no check."""
+    """Deprecated, use auth.tokens: SHA-256 hex digests of producer tokens (``sha256:<hex>``
+    or bare hex); each acts as a producer for every tenant, named ingest-token-N."""
     decode_workers: int | None = Field(default=None, ge=0)
     """Processes that parse request bodies off the event loop; null: one per CPU (parsing is
     the costliest step of ingest, and the event loop alone leaves most of a core idle);
     0: parse in the daemon's own process."""
+    tls: TlsConfig | None = None
+    """Serve ingest and the query API over HTTPS with these files; null: plain HTTP."""
 
 
 class IngestConfig(Strict):
@@ -187,6 +200,10 @@ class Config(Strict):
     """When expired archive files are swept."""
     backup: BackupConfig = Field(default_factory=BackupConfig)
     """Periodic verified copies of archive objects to a second store."""
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    """The query index of recent events behind GET /v1/events."""
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    """Bearer tokens, roles, tenant scopes and rate limits for the HTTP API."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     """Prometheus metrics endpoint."""
     log: LogConfig = Field(default_factory=LogConfig)

@@ -36,6 +36,7 @@ class Decoded:
     payloads: list[bytes]
     accepted: int
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # index, reason, detail
+    tenants: list[str | None] = field(default_factory=list)  # of each accepted event, in order
 
 
 def decode_payloads(
@@ -49,10 +50,12 @@ def decode_payloads(
     items = Decoder(max_event_bytes=max_event_bytes, source=source).decode(body, ndjson=ndjson)
     payloads: list[bytes] = []
     rejected: list[tuple[int, str, str]] = []
+    tenants: list[str | None] = []
     accepted = 0
     for item in items:
         if isinstance(item, Event):
             payloads.append(encode_event(item))
+            tenants.append(item.canonical.get("tenant"))
             accepted += 1
         else:
             rejected.append((item.index, item.reason, item.detail))
@@ -61,7 +64,7 @@ def decode_payloads(
                     QuarantineItem(item.raw, item.reason, item.detail, source, received, item.index, ref)
                 )
             )
-    return Decoded(payloads, accepted, rejected)
+    return Decoded(payloads, accepted, rejected, tenants)
 
 
 def default_workers() -> int:

@@ -291,6 +291,44 @@ NOTIFY_LATENCY = Histogram(
 )
 
 
+# --- index and query API --------------------------------------------------------------------
+INDEX_EVENTS = Counter(
+    "trailkeeper_index_events_total",
+    "Events newly written to the query index (repeats of indexed events are not counted).",
+    registry=REGISTRY,
+)
+INDEX_FAILURES = Counter(
+    "trailkeeper_index_failures_total",
+    "Failed index operations, by operation (write, locations, prune).",
+    ["operation"],
+    registry=REGISTRY,
+)
+INDEX_PRUNED = Counter(
+    "trailkeeper_index_pruned_total",
+    "Events removed from the query index by its retention.",
+    registry=REGISTRY,
+)
+QUERY_SECONDS = Histogram(
+    "trailkeeper_query_seconds",
+    "Time to answer a query API request, by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+AUTH_DENIED = Counter(
+    "trailkeeper_auth_denied_total",
+    "Requests refused by access control, by reason (no_token, bad_token, role, tenant, rate_limited).",
+    ["reason"],
+    registry=REGISTRY,
+)
+AUDIT_EVENTS = Counter(
+    "trailkeeper_audit_events_total",
+    "Events trailkeeper recorded about its own API use, by outcome (recorded, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """structlog to stderr: JSON lines in production, one event name per line."""
     renderer: Any = (
