@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from daemon.events import Event
@@ -152,3 +153,38 @@ async def test_bad_parameters_are_400_not_500(tmp_path: Path) -> None:
             assert doc["error"]
         status, doc, _ = await d.get("/v1/events/no-such-event", admin)
         assert status == 404
+
+
+async def test_categories_come_from_the_built_in_rules(tmp_path: Path) -> None:
+    """Without an injected classifier the daemon's own rules classify what is indexed."""
+    from daemon.rules.config import RulesConfig
+    from daemon.rules.ruleset import RuleSet
+
+    records = stratus_records()
+    engine = RuleSet(RulesConfig(), metrics=False)
+    decoded = [Event(orjson.dumps(r), {}, 0) for r in records]
+    want_high = []
+    for rec, ev in zip(records, decoded, strict=True):
+        from daemon.events import canonicalise
+
+        canonical = canonicalise(rec)
+        assert isinstance(canonical, dict)
+        ev.canonical = canonical
+        if any(m.category == "high_risk" for m in engine.match(ev)):
+            want_high.append(rec["eventID"])
+    assert "StopLogging" in {r["eventName"] for r in records if r["eventID"] in want_high}
+    admin = TOKENS["admin"]
+    async with running(tmp_path) as d:
+        status, _doc, text = await d.post(ndjson(records), TOKENS["producer-all"])
+        assert status == 202, text
+        # Failed authentications are themselves key events (built-in pack trailkeeper-self).
+        for _ in range(3):
+            status, _doc, _text = await d.get("/v1/events", None)
+            assert status == 401
+        await d.settle()
+        got = await d.walk(admin, limit=50, category="high_risk")
+        stratus = [e["id"] for e in got if e.get("service") != "trailkeeper"]
+        assert sorted(stratus) == sorted(want_high)
+        auth_failures = await d.walk(admin, limit=50, service="trailkeeper", operation="authenticate")
+        assert len(auth_failures) == 3
+        assert all(e["category"] == "high_risk" for e in auth_failures)
