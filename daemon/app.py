@@ -32,8 +32,9 @@ from daemon.decodepool import DecodePool, default_workers
 from daemon.events import Event
 from daemon.index import CURSOR as INDEX_CURSOR
 from daemon.index import Classifier, IndexBackend, Indexer, IndexUnavailable, build_index
-from daemon.index.base import Classification
+from daemon.index.base import Classification, StoredEvent
 from daemon.intake import Intake
+from daemon.integrity.prove import ProveError, inclusion_at
 from daemon.integrity.runtime import Integrity
 from daemon.journal import Journal
 from daemon.notify import notifier as notify_mod
@@ -181,7 +182,7 @@ class App:
             self.guard = ApiGuard(auth, auditor)
             HttpIngest(c.ingest.http, self.intake, self.decode_pool, self.guard).add_routes(api)
             if self.index is not None:
-                QueryApi(self.index, self.guard, self.proof).add_routes(api)
+                QueryApi(self.index, self.guard, self.proof or self._proof).add_routes(api)
             api.router.add_get(notify_mod.CONFIRM_ROUTE, self._confirm_subscription)
             self.http_port = await self._listen(api, c.ingest.http.listen, self._tls)
         if notify_mod.enabled(c.notify):
@@ -246,6 +247,22 @@ class App:
             return None
         top = max(matches, key=lambda m: SEVERITIES.index(m.severity) if m.severity in SEVERITIES else -1)
         return Classification(top.category, top.severity, tuple(m.rule for m in matches))
+
+    async def _proof(self, stored: StoredEvent) -> dict[str, Any] | None:
+        """The inclusion proof of an archived event, once a digest has published its leaf."""
+        if self.integrity is None:
+            return None
+        for loc in stored.locations:
+            if loc.tracker not in self.integrity.writers:
+                continue
+            tree = await self.integrity.recorder.tree(loc.tracker)
+            try:
+                return await asyncio.to_thread(
+                    inclusion_at, tree, str(stored.fields.get("id")), loc.key, loc.leaf, stored.record
+                )
+            except ProveError as exc:
+                log.debug("api.proof_unavailable", key=loc.key, reason=str(exc))
+        return None
 
     # --- endpoints --------------------------------------------------------------------------
 

@@ -45,37 +45,50 @@ def _published(tree: TreeLog) -> tuple[str, Checkpoint]:
     return note, Checkpoint.parse(note.split("\n\n")[0] + "\n")
 
 
+def inclusion_at(tree: TreeLog, event_id: str, key: str, position: int, record: bytes) -> dict[str, Any]:
+    """The inclusion proof of ``record``, the ``position``-th record of the file at ``key``.
+
+    Raises ProveError when the file is unknown to this tree, the record is not the leaf
+    recorded there, or the leaf is newer than the newest published checkpoint.
+    """
+    note, cp = _published(tree)
+    entry = tree.by_key.get(key)
+    if entry is None:
+        raise ProveError(f"{key}: not a file of this tree")
+    index = entry.first_leaf + position
+    if index >= cp.size:
+        raise ProveError(
+            f"event {event_id} is leaf {index}, after the newest digest's checkpoint ({cp.size} "
+            "leaves); retry after the next digest"
+        )
+    leaf = merkle.leaf_hash(record)
+    if tree.leaves_sync(index, index + 1) != [leaf]:
+        raise ProveError(f"event {event_id}: the record is not leaf {index} of {key}")
+    path = merkle.inclusion_proof(tree.leaves_sync, index, cp.size)
+    return {
+        "format": INCLUSION,
+        "event_id": event_id,
+        "file_key": key,
+        "record": base64.b64encode(record).decode(),
+        "leaf_index": index,
+        "tree_size": cp.size,
+        "leaf_hash": leaf.hex(),
+        "audit_path": [h.hex() for h in path],
+        "root_hash": cp.root.hex(),
+        "checkpoint": note,
+    }
+
+
 def inclusion_from_records(
     tree: TreeLog, event_id: str, records_of: dict[str, list[bytes]]
 ) -> dict[str, Any]:
     """Build an inclusion proof for ``event_id`` found in the given files' records."""
-    note, cp = _published(tree)
     for key, records in records_of.items():
-        entry = tree.by_key.get(key)
-        if entry is None:
+        if key not in tree.by_key:
             continue
         for i, rec in enumerate(records):
-            if _event_id(rec) != event_id:
-                continue
-            index = entry.first_leaf + i
-            if index >= cp.size:
-                raise ProveError(
-                    f"event {event_id} is leaf {index}, after the newest digest's checkpoint ({cp.size} "
-                    "leaves); retry after the next digest"
-                )
-            path = merkle.inclusion_proof(tree.leaves_sync, index, cp.size)
-            return {
-                "format": INCLUSION,
-                "event_id": event_id,
-                "file_key": key,
-                "record": base64.b64encode(rec).decode(),
-                "leaf_index": index,
-                "tree_size": cp.size,
-                "leaf_hash": merkle.leaf_hash(rec).hex(),
-                "audit_path": [h.hex() for h in path],
-                "root_hash": cp.root.hex(),
-                "checkpoint": note,
-            }
+            if _event_id(rec) == event_id:
+                return inclusion_at(tree, event_id, key, i, rec)
     raise ProveError(f"event {event_id} is in none of the files searched")
 
 

@@ -188,3 +188,26 @@ async def test_categories_come_from_the_built_in_rules(tmp_path: Path) -> None:
         auth_failures = await d.walk(admin, limit=50, service="trailkeeper", operation="authenticate")
         assert len(auth_failures) == 3
         assert all(e["category"] == "high_risk" for e in auth_failures)
+
+
+async def test_get_event_carries_an_inclusion_proof_once_a_digest_is_published(tmp_path: Path) -> None:
+    from daemon.integrity.keys import load_verifiers
+    from daemon.integrity.prove import verify_proof
+    from tests.integration.query_support import config_yaml
+
+    text = config_yaml(tmp_path) + f"integrity: {{keys_dir: {tmp_path}/keys, digest_interval: 1s}}\n"
+    records = stratus_records()[:20]
+    admin = TOKENS["admin"]
+    async with running(tmp_path, text=text) as d:
+        status, _, body = await d.post(ndjson(records), TOKENS["producer-all"])
+        assert status == 202, body
+        proof = None
+        async with asyncio.timeout(20):
+            while proof is None:
+                status, doc, _ = await d.get(f"/v1/events/{records[3]['eventID']}", admin)
+                assert status in (200, 404)  # 404 until the indexer has caught up
+                proof = doc.get("proof") if status == 200 else None
+                await asyncio.sleep(0.2)
+    summary = verify_proof(proof, load_verifiers([str(tmp_path / "keys")]))
+    assert records[3]["eventID"] in summary
+    assert orjson.loads(__import__("base64").b64decode(proof["record"])) == records[3]
