@@ -329,6 +329,12 @@ AUDIT_EVENTS = Counter(
 )
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # Resolve sys.stderr at each use, not once at configure time: a redirected or
+    # replaced stderr (a supervisor, a test harness) must not leave a closed file behind.
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """structlog to stderr: JSON lines in production, one event name per line."""
     renderer: Any = (
@@ -345,7 +351,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
 
