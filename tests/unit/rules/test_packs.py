@@ -40,7 +40,12 @@ def engine() -> RuleEngine:
 
 
 def test_packs_ship_with_the_package() -> None:
-    assert builtin_pack_names() == ["aws-cis.yaml", "aws-key-operations.yaml", "cts-key-operations.yaml"]
+    assert builtin_pack_names() == [
+        "aws-cis.yaml",
+        "aws-key-operations.yaml",
+        "cts-key-operations.yaml",
+        "trailkeeper-self.yaml",
+    ]
 
 
 def test_every_builtin_example_behaves_and_every_rule_has_both_kinds(engine: RuleEngine) -> None:
@@ -165,4 +170,4 @@ def test_cloudtrail_failed_call_is_classified_and_rated_warning(engine: RuleEngi
 
 def test_rule_ids_are_stable_identifiers(engine: RuleEngine) -> None:
     for rule in engine.rules:
-        assert re.fullmatch(r"(cis|aws|cts)\.[a-z0-9.-]+", rule.id), rule.id
+        assert re.fullmatch(r"(cis|aws|cts|trailkeeper)\.[a-z0-9.-]+", rule.id), rule.id
