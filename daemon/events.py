@@ -531,18 +531,19 @@ def _looks_like_ndjson(body: bytes) -> bool:
 # Event entries: kind byte, a fixed header with the fields every archiver needs per
 # event (so it never parses JSON on its hot path), the canonical fields as JSON
 # (parsed lazily, by the consumers that need them), then the record bytes.
-_EVENT_HEADER = struct.Struct(">qHHHI")  # received ms, len tenant, len region, len time, len meta
+_EVENT_HEADER = struct.Struct(">qHHHHI")  # received ms, len id, len tenant, len region, len time, len meta
 
 
 def encode_event(event: Event) -> bytes:
     """Journal payload for an event."""
     c = event.canonical
+    eid = (c.get("id") or "").encode()
     tenant = (c.get("tenant") or "").encode()
     region = (c.get("region") or "").encode()
     etime = (c.get("time") or "").encode()
     meta = orjson.dumps({"c": c, "s": event.source})
-    header = _EVENT_HEADER.pack(event.received_ms, len(tenant), len(region), len(etime), len(meta))
-    return b"".join((_KIND_EVENT_BYTE, header, tenant, region, etime, meta, event.record))
+    header = _EVENT_HEADER.pack(event.received_ms, len(eid), len(tenant), len(region), len(etime), len(meta))
+    return b"".join((_KIND_EVENT_BYTE, header, eid, tenant, region, etime, meta, event.record))
 
 
 def encode_quarantine(item: QuarantineItem) -> bytes:
@@ -559,7 +560,18 @@ class Entry:
     ``canonical`` (every canonical field) is parsed on first use.
     """
 
-    __slots__ = ("_canonical", "_meta", "kind", "offset", "received_ms", "record", "region", "tenant", "time")
+    __slots__ = (
+        "_canonical",
+        "_meta",
+        "id",
+        "kind",
+        "offset",
+        "received_ms",
+        "record",
+        "region",
+        "tenant",
+        "time",
+    )
 
     def __init__(
         self,
@@ -568,6 +580,7 @@ class Entry:
         received_ms: int,
         record: bytes,
         *,
+        id: str | None = None,
         tenant: str | None = None,
         region: str | None = None,
         time: str | None = None,
@@ -578,6 +591,7 @@ class Entry:
         self.kind = kind
         self.received_ms = received_ms
         self.record = record
+        self.id = id
         self.tenant = tenant
         self.region = region
         self.time = time
@@ -606,8 +620,10 @@ def decode_entry(offset: int, payload: bytes) -> Entry:
     """Decode a journal payload written by encode_event or encode_quarantine."""
     kind = payload[0]
     if kind == KIND_EVENT:
-        received, lt, lr, lti, lm = _EVENT_HEADER.unpack_from(payload, 1)
+        received, li, lt, lr, lti, lm = _EVENT_HEADER.unpack_from(payload, 1)
         pos = 1 + _EVENT_HEADER.size
+        eid = payload[pos : pos + li].decode() or None
+        pos += li
         tenant = payload[pos : pos + lt].decode() or None
         pos += lt
         region = payload[pos : pos + lr].decode() or None
@@ -616,7 +632,15 @@ def decode_entry(offset: int, payload: bytes) -> Entry:
         pos += lti
         meta = payload[pos : pos + lm]
         return Entry(
-            offset, kind, received, payload[pos + lm :], tenant=tenant, region=region, time=etime, meta=meta
+            offset,
+            kind,
+            received,
+            payload[pos + lm :],
+            id=eid,
+            tenant=tenant,
+            region=region,
+            time=etime,
+            meta=meta,
         )
     if kind == KIND_QUARANTINE:
         line = payload[1:]

@@ -50,6 +50,7 @@ class StoredFile:
     size: int
     raw_bytes: int
     records: list[bytes]
+    ids: list[str | None]  # event id of each record, in file order
     first_offset: int
     last_offset: int
     first_received_ms: int
@@ -89,6 +90,7 @@ class _Batch:
     opened: float
     last: int = -1
     records: list[bytes] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)
     received: list[int] = field(default_factory=list)
     nbytes: int = 0
     oldest: str | None = None
@@ -96,6 +98,7 @@ class _Batch:
 
     def add(self, entry: Entry) -> None:
         self.records.append(entry.record)
+        self.ids.append(entry.id)
         self.received.append(entry.received_ms)
         self.nbytes += len(entry.record) + 2
         self.last = entry.offset
@@ -350,6 +353,7 @@ class Archiver:
             len(built.data),
             built.raw_bytes,
             batch.records,
+            batch.ids,
             batch.first,
             batch.last,
             batch.first_ms,

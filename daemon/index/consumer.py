@@ -18,7 +18,7 @@ from typing import Any
 
 from daemon import telemetry
 from daemon.archive.archiver import StoredFile
-from daemon.events import KIND_EVENT, canonicalise, decode_entry, loads_record
+from daemon.events import KIND_EVENT, decode_entry
 from daemon.index.base import Classifier, IndexBackend, IndexConfig, IndexRow, IndexUnavailable, Location
 from daemon.journal import Journal
 from daemon.telemetry import get_logger
@@ -28,6 +28,10 @@ log = get_logger("index")
 CURSOR = "index"
 RETRY_INITIAL = 0.5
 RETRY_MAX = 30.0
+LOCATION_QUEUE = 64  # stored files whose locations wait for the index
+
+# Sentinel ending the location writer (any object that is not a StoredFile).
+_DONE: Any = object()
 
 
 class Indexer:
@@ -45,6 +49,9 @@ class Indexer:
         self.config = config
         self.classify = classify
         self._stopping = asyncio.Event()
+        # Archive locations queue here: the archiver hands a file over and moves on, so a
+        # slow index never holds up the archive.
+        self._locations: asyncio.Queue[StoredFile] = asyncio.Queue(maxsize=LOCATION_QUEUE)
         self._last_prune = 0.0
         self.last_error: str | None = None
         journal.register(CURSOR)
@@ -61,6 +68,7 @@ class Indexer:
         if not await self._open():
             return
         reader = self.journal.reader(CURSOR)
+        locations = asyncio.create_task(self._write_locations(), name="index-locations")
         try:
             while not self._stopping.is_set():
                 entries = await reader.read(self.config.batch, timeout=0.5)
@@ -72,6 +80,8 @@ class Indexer:
                 await self._maybe_prune()
         finally:
             reader.close()
+            await self._locations.put(_DONE)
+            await locations
 
     async def _open(self) -> bool:
         delay = RETRY_INITIAL
@@ -164,34 +174,33 @@ class Indexer:
         return deleted
 
     async def on_stored(self, stored: StoredFile) -> None:
-        """Archive listener: record each event's file key and leaf index. Never raises.
+        """Archive listener: queue the file's event locations for the index. Never blocks.
 
-        A lost location is not a lost event (the event is in the archive, and the
-        index says so once the next file lands); it is logged and counted.
+        A lost location is not a lost event (the event is in the archive and in the
+        index; only its file key is missing until re-archived): when the queue is full
+        the file is counted and logged instead of holding up the archiver.
         """
         try:
-            ids = await asyncio.to_thread(_ids_of, stored.records)
+            self._locations.put_nowait(stored)
+        except asyncio.QueueFull:
+            telemetry.INDEX_FAILURES.labels(operation="locations").inc()
+            log.warning(
+                "index.locations_dropped", key=stored.key, events=len(stored.ids), reason="queue full"
+            )
+
+    async def _write_locations(self) -> None:
+        while True:
+            stored = await self._locations.get()
+            if stored is _DONE:
+                return
             now = int(time.time() * 1000)
             locations = [
                 Location(event_id, stored.delivery, stored.store, stored.key, leaf, now)
-                for leaf, event_id in enumerate(ids)
+                for leaf, event_id in enumerate(stored.ids)
                 if event_id is not None
             ]
-            await self.backend.add_locations(locations)
-        except Exception as exc:
-            telemetry.INDEX_FAILURES.labels(operation="locations").inc()
-            log.error("index.locations_failed", key=stored.key, events=len(stored.records), error=str(exc))
-
-
-def _ids_of(records: list[bytes]) -> list[str | None]:
-    """Event ids of archived records, derived exactly as at ingest."""
-    out: list[str | None] = []
-    for record in records:
-        try:
-            obj: Any = loads_record(record)
-        except ValueError:
-            out.append(None)
-            continue
-        canonical = canonicalise(obj) if isinstance(obj, dict) else None
-        out.append(canonical.get("id") if isinstance(canonical, dict) else None)
-    return out
+            try:
+                await self.backend.add_locations(locations)
+            except Exception as exc:
+                telemetry.INDEX_FAILURES.labels(operation="locations").inc()
+                log.error("index.locations_failed", key=stored.key, events=len(locations), error=str(exc))
