@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from daemon import telemetry
@@ -30,7 +31,16 @@ RETRY_INITIAL = 0.5
 RETRY_MAX = 30.0
 LOCATION_QUEUE = 64  # stored files whose locations wait for the index
 
-# Sentinel ending the location writer (any object that is not a StoredFile).
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    delivery: str
+    store: str
+    key: str
+    ids: list[str | None]
+
+
+# Sentinel ending the location writer.
 _DONE: Any = object()
 
 
@@ -51,7 +61,7 @@ class Indexer:
         self._stopping = asyncio.Event()
         # Archive locations queue here: the archiver hands a file over and moves on, so a
         # slow index never holds up the archive.
-        self._locations: asyncio.Queue[StoredFile] = asyncio.Queue(maxsize=LOCATION_QUEUE)
+        self._locations: asyncio.Queue[_Placed] = asyncio.Queue(maxsize=LOCATION_QUEUE)
         self._last_prune = 0.0
         self.last_error: str | None = None
         journal.register(CURSOR)
@@ -181,7 +191,8 @@ class Indexer:
         the file is counted and logged instead of holding up the archiver.
         """
         try:
-            self._locations.put_nowait(stored)
+            # Only names and ids: the file's records must not stay alive in the queue.
+            self._locations.put_nowait(_Placed(stored.delivery, stored.store, stored.key, stored.ids))
         except asyncio.QueueFull:
             telemetry.INDEX_FAILURES.labels(operation="locations").inc()
             log.warning(
