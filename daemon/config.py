@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from daemon.sources import SourceConfig
 from daemon.stores import StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size
@@ -38,6 +39,23 @@ class HttpIngestConfig(Strict):
 
 class IngestConfig(Strict):
     http: HttpIngestConfig | None = Field(default_factory=HttpIngestConfig)
+    # Queue sources (sqs, nats, amqp, redis), each acked only once its events are durable.
+    sources: list[SourceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> IngestConfig:
+        seen: dict[str, int] = {}
+        for i, source in enumerate(self.sources):
+            name = source.source_name
+            if name == "http":
+                raise ValueError(f"sources[{i}].name: 'http' is the HTTP ingest's name; choose another")
+            if name in seen:
+                raise ValueError(
+                    f"sources[{i}].name: {name!r} is already used by sources[{seen[name]}]; "
+                    "give each source a distinct name (it labels metrics and events)"
+                )
+            seen[name] = i
+        return self
 
 
 class JournalConfig(Strict):
