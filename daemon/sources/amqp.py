@@ -93,7 +93,11 @@ class AmqpSource(QueueSource):
         else:
             self._queue = await self._channel.declare_queue(c.queue, passive=True)
         generation = self.generation
-        await self._queue.consume(lambda m: self._on_message(m, generation), no_ack=False)
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            await self._on_message(message, generation)
+
+        await self._queue.consume(deliver, no_ack=False)
 
     def _on_close(self, _sender: Any, exc: BaseException | None = None) -> None:
         lost = self._lost

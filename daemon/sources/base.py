@@ -32,7 +32,7 @@ from typing import Any, ClassVar, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
 
 from daemon import telemetry
 from daemon.events import (
@@ -188,6 +188,9 @@ class QueueSource(ABC):
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._progress = False
+        # Refs of messages being made durable right now: a second delivery of one of them
+        # (SQS may hand a message to two receivers) is left alone; the first one's ack settles it.
+        self._inflight: set[str] = set()
         self._m_received = telemetry.SOURCE_MESSAGES_RECEIVED.labels(source=self.name)
         self._m_acked = telemetry.SOURCE_MESSAGES_ACKED.labels(source=self.name)
         self._m_redelivered = telemetry.SOURCE_MESSAGES_REDELIVERED.labels(source=self.name)
@@ -293,9 +296,8 @@ class QueueSource(ABC):
         # outage starts again from the initial delay.
         while not self._stopping.is_set():
             retrying = AsyncRetrying(
-                wait=wait_exponential_jitter(
-                    initial=self.config.reconnect_initial, max=self.config.reconnect_max
-                ),
+                wait=wait_exponential(multiplier=self.config.reconnect_initial, max=self.config.reconnect_max)
+                + wait_random(0, self.config.reconnect_initial),
                 retry=retry_if_exception(lambda e: isinstance(e, Exception) and not self._stopping.is_set()),
                 sleep=self._sleep,
                 before_sleep=self._before_retry,
@@ -445,6 +447,19 @@ class QueueSource(ABC):
         redelivered = sum(1 for m in messages if m.redelivered)
         if redelivered:
             self._m_redelivered.inc(redelivered)
+        twice = [m for m in messages if m.ref in self._inflight]
+        if twice:
+            self._m_duplicates.inc(len(twice))
+            self.log.info("source.concurrent_duplicate_skipped", messages=len(twice), ref=twice[0].ref)
+            messages = [m for m in messages if m.ref not in self._inflight]
+        refs = {m.ref for m in messages}
+        self._inflight |= refs
+        try:
+            await self._handle_owned(messages)
+        finally:
+            self._inflight -= refs
+
+    async def _handle_owned(self, messages: list[Message]) -> None:
         prepared = [self._prepare(m) for m in messages]
         held = list(messages)
         keeper = (
