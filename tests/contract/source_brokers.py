@@ -100,6 +100,8 @@ class Broker(ABC):
     max_body: int = 10 * 1024 * 1024
     # SQS bodies are XML text: a body that is not UTF-8 cannot even be sent.
     binary_bodies = True
+    # Seconds the broker's own figures may lag behind (0: exact).
+    stats_lag = 0.0
 
     def __init__(self) -> None:
         self.unique = uuid.uuid4().hex[:10]
@@ -121,6 +123,15 @@ class Broker(ABC):
 
     @abstractmethod
     def source_config(self, port: int | None = None, **overrides: Any) -> dict[str, Any]: ...
+
+    async def settled(self) -> bool:
+        """Every message acked, as far as the broker can tell (twice, when its figures lag)."""
+        if await self.outstanding() != 0:
+            return False
+        if self.stats_lag:
+            await asyncio.sleep(self.stats_lag)
+            return await self.outstanding() == 0
+        return True
 
     async def delete(self) -> None:  # noqa: B027 - optional hook
         """Remove what ``create`` made (best effort)."""
@@ -243,6 +254,7 @@ class RedisBroker(Broker):
 class AmqpBroker(Broker):
     kind = "amqp"
     port = 5672
+    stats_lag = 6.0  # RabbitMQ's statistics interval is 5 s
 
     async def create(self) -> None:
         import aio_pika
@@ -269,14 +281,17 @@ class AmqpBroker(Broker):
             )
 
     async def outstanding(self) -> int:
-        # Ready plus unacknowledged: only the broker's CLI reports the second.
+        # Ready messages come exact from a passive declare; unacknowledged ones only from the
+        # broker's CLI, whose figures are refreshed every few seconds (see stats_lag).
+        queue = await self.channel.declare_queue(self.queue, passive=True)
+        ready = int(queue.declaration_result.message_count)
         proc = await asyncio.create_subprocess_exec(
             "rabbitmqctl",
             "list_queues",
             "-q",
             "--no-table-headers",
             "name",
-            "messages",
+            "messages_unacknowledged",
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
@@ -284,7 +299,7 @@ class AmqpBroker(Broker):
         for line in out.decode().splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0] == self.queue:
-                return int(parts[1])
+                return ready + int(parts[1])
         raise AssertionError(f"queue {self.queue} not listed by rabbitmqctl")
 
     def source_config(self, port: int | None = None, **overrides: Any) -> dict[str, Any]:

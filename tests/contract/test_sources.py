@@ -147,7 +147,7 @@ async def test_delivers_every_shape_once_and_acks_every_message(broker: Broker, 
 
 
 async def _zero(broker: Broker) -> bool:
-    return await broker.outstanding() == 0
+    return await broker.settled()
 
 
 # --- poison messages ---------------------------------------------------------------------------------
@@ -257,8 +257,12 @@ async def test_full_journal_stops_pulling_and_drops_nothing(broker: Broker, tmp_
         await asyncio.sleep(1.5)
         assert source.paused
         assert app.journal.bytes_used <= budget
-        held = await broker.outstanding()
-        assert held > 0, "the broker still holds what the daemon could not make durable"
+        await wait_until(
+            lambda: _positive(broker),
+            broker.stats_lag + 5,
+            "the broker to still hold what is not durable",
+            0.5,
+        )
         assert app.journal.end_offset < 400
         blocked.unlink()  # the store comes back: the archiver drains the journal
         await wait_until(
@@ -270,6 +274,10 @@ async def test_full_journal_stops_pulling_and_drops_nothing(broker: Broker, tmp_
     assert_exactly_once(archived_ids(tmp_path / "archive"), expected)
     assert read_archive(tmp_path / "archive")[1] == []
     await wait_until(lambda: _zero(broker), 20, "every message acked", 1)
+
+
+async def _positive(broker: Broker) -> bool:
+    return await broker.outstanding() > 0
 
 
 # --- kill -9 -----------------------------------------------------------------------------------------
