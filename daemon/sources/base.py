@@ -10,9 +10,10 @@ Delivery from a broker is at-least-once. The window between the journal's
 fsync and the broker's acknowledgement (a crash, a dropped connection, an
 expired lease) makes a broker redeliver a message whose events are already
 durable. Each source remembers the ids of the events it made durable
-recently (rebuilt from the journal's tail on start) and drops, from messages
-the broker marks as redelivered, the events it already holds, so a redelivery
-does not become a second copy in the archive. Across replicas (another daemon
+recently (rebuilt from the journal's tail on start) and drops the events it
+already holds from any later message (brokers do not always mark a copy as
+redelivered), so a redelivery does not become a second copy in the archive.
+Events are deduplicated by event id, as everywhere in the design. Across replicas (another daemon
 picking up an expired lease) this memory is not shared; see DESIGN.md §10.
 
 Back-pressure: when the journal is at its budget (JournalFull) a source keeps
@@ -407,7 +408,9 @@ class QueueSource(ABC):
         dropped = 0
         for item in items:
             key = _event_key(item.id) if isinstance(item, Event) else _quarantine_key(message.ref, item.index)
-            if message.redelivered and key in self._seen:
+            # Not only for messages the broker marks redelivered: a queue may deliver a copy
+            # without saying so (SQS's at-least-once), and an event id names one event.
+            if key in self._seen:
                 dropped += 1
                 continue
             keep.append(item)
