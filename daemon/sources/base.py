@@ -104,6 +104,7 @@ class _Prepared:
     message: Message
     items: list[Event | Rejected]
     keys: list[str] = field(default_factory=list)
+    plain: bool = True  # only events: no quarantine entry needs this message's id
 
 
 class _SeenIds:
@@ -173,6 +174,9 @@ class QueueSource(ABC):
     # None when the broker has no lease to extend.
     keepalive_interval: float | None = None
     workers: int = 1
+    # Fetch the next batch while the current one is made durable (for brokers whose fetch
+    # is a round trip and whose unacked messages are simply redelivered if dropped).
+    fetch_ahead: bool = False
 
     def __init__(self, config: QueueSourceConfig, intake: Intake, writer_id: str) -> None:
         self.config = config
@@ -361,13 +365,31 @@ class QueueSource(ABC):
         raise SourceStopped()
 
     async def _worker(self, index: int) -> None:
-        while not self._stopping.is_set():
-            try:
-                messages = await self._until_stopped(self.fetch(index))
-            except SourceStopped:
-                return
-            if messages:
+        ahead: asyncio.Future[list[Message]] | None = None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if ahead is not None:
+                        messages = await self._until_stopped(ahead)
+                        ahead = None
+                    else:
+                        messages = await self._until_stopped(self.fetch(index))
+                except SourceStopped:
+                    return
+                if not messages:
+                    continue
+                if self.fetch_ahead and not self.paused:
+                    # Pull the next batch while this one is decoded and fsynced: the network
+                    # round trip hides behind the journal's fsync. At most one batch ahead,
+                    # and none while the journal pushes back.
+                    ahead = asyncio.ensure_future(self.fetch(index))
                 await self._handle(messages)
+        finally:
+            if ahead is not None and not ahead.done():
+                # Its messages, if any arrive, stay unacknowledged: the broker redelivers them.
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
 
     async def _lag_loop(self) -> None:
         while not self._stopping.is_set():
@@ -417,23 +439,45 @@ class QueueSource(ABC):
             keys.append(key)
         if dropped:
             self._m_duplicates.inc(dropped)
-        return _Prepared(message, keep, keys)
+        return _Prepared(message, keep, keys, all(isinstance(i, Event) for i in keep))
 
-    async def _submit(self, prepared: _Prepared) -> None:
-        if prepared.items:
-            await self.intake.submit(prepared.items, self.name, prepared.message.ref)
-        for key in prepared.keys:
-            self._seen.add(key)
-        rejected = [i for i in prepared.items if isinstance(i, Rejected)]
-        if rejected:
-            telemetry.SOURCE_MESSAGES_QUARANTINED.labels(source=self.name, reason=rejected[0].reason).inc()
-            self.log.info(
-                "source.quarantined",
-                ref=prepared.message.ref,
-                items=len(rejected),
-                reason=rejected[0].reason,
-                events=len(prepared.items) - len(rejected),
-            )
+    def _units(self, prepared: list[_Prepared]) -> list[list[_Prepared]]:
+        """Group messages into submit calls: runs of event-only messages share one call (their
+        events need no message id), a message with rejected items gets its own (the quarantine
+        entries carry its id). Runs keep delivery order, and stay well under the journal's
+        budget so that a run always fits once consumers catch up."""
+        cap = max(1, min(4 * 1024**2, self.intake.journal.max_bytes // 8))
+        units: list[list[_Prepared]] = []
+        size = 0
+        for p in prepared:
+            n = len(p.message.body)
+            if p.plain and units and units[-1][0].plain and size + n <= cap:
+                units[-1].append(p)
+                size += n
+            else:
+                units.append([p])
+                size = n
+        return units
+
+    async def _submit(self, unit: list[_Prepared]) -> None:
+        items = [i for p in unit for i in p.items]
+        if items:
+            await self.intake.submit(items, self.name, unit[0].message.ref if len(unit) == 1 else None)
+        for p in unit:
+            for key in p.keys:
+                self._seen.add(key)
+            rejected = [i for i in p.items if isinstance(i, Rejected)]
+            if rejected:
+                telemetry.SOURCE_MESSAGES_QUARANTINED.labels(
+                    source=self.name, reason=rejected[0].reason
+                ).inc()
+                self.log.info(
+                    "source.quarantined",
+                    ref=p.message.ref,
+                    items=len(rejected),
+                    reason=rejected[0].reason,
+                    events=len(p.items) - len(rejected),
+                )
 
     async def _keepalive_loop(self, held: list[Message]) -> None:
         assert self.keepalive_interval is not None
@@ -469,14 +513,14 @@ class QueueSource(ABC):
             asyncio.create_task(self._keepalive_loop(held)) if self.keepalive_interval is not None else None
         )
         try:
-            pending = prepared
+            pending = self._units(prepared)
             first_round = True
             while pending:
                 # Concurrent submits share the journal's group commit: one fsync for the batch.
                 # gather starts them in order, so journal order follows delivery order.
-                results = await asyncio.gather(*(self._submit(p) for p in pending), return_exceptions=True)
-                durable = [p.message for p, r in zip(pending, results, strict=True) if r is None]
-                failed = [(p, r) for p, r in zip(pending, results, strict=True) if r is not None]
+                results = await asyncio.gather(*(self._submit(u) for u in pending), return_exceptions=True)
+                durable = [p.message for u, r in zip(pending, results, strict=True) if r is None for p in u]
+                failed = [(u, r) for u, r in zip(pending, results, strict=True) if r is not None]
                 if durable:
                     await self.ack(durable, whole_batch=first_round and not failed)
                     self._m_acked.inc(len(durable))
@@ -493,13 +537,17 @@ class QueueSource(ABC):
                     # Back-pressure: keep holding (unacknowledged, leases extended), pull nothing.
                     if not self.paused:
                         self.log.warning(
-                            "source.paused_journal_full", held=len(pending), error=str(failed[0][1])
+                            "source.paused_journal_full",
+                            held=sum(len(u) for u in pending),
+                            error=str(failed[0][1]),
                         )
                     self.paused = True
                     telemetry.SOURCE_PAUSED.labels(source=self.name).set(1)
                     await self._sleep(self.config.pushback_retry)
                     if self._stopping.is_set():
-                        self.log.info("source.stopped_while_paused", unacknowledged=len(pending))
+                        self.log.info(
+                            "source.stopped_while_paused", unacknowledged=sum(len(u) for u in pending)
+                        )
                         return
             if self.paused:
                 self.paused = False

@@ -61,6 +61,7 @@ class NatsSourceConfig(QueueSourceConfig):
 
 class NatsSource(QueueSource):
     type = "nats"
+    fetch_ahead = True
 
     def __init__(self, config: NatsSourceConfig, intake: Intake, writer_id: str) -> None:
         super().__init__(config, intake, writer_id)

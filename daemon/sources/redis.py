@@ -54,6 +54,7 @@ def _text(value: bytes) -> str:
 
 class RedisSource(QueueSource):
     type = "redis"
+    fetch_ahead = True
 
     def __init__(self, config: RedisSourceConfig, intake: Intake, writer_id: str) -> None:
         super().__init__(config, intake, writer_id)
