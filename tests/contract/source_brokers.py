@@ -104,6 +104,9 @@ class Broker(ABC):
     stats_lag = 0.0
     # Largest event count the heavy tests use with this broker (None: TK_SOURCES_EVENTS as given).
     max_events: int | None = None
+    # Source settings that make the broker redeliver an unacknowledged message soon, for the
+    # tests that cut the daemon off mid-batch.
+    quick_redelivery: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
 
     def __init__(self) -> None:
         self.unique = uuid.uuid4().hex[:10]
@@ -334,13 +337,16 @@ class MotoServer:
         self.port = 0
 
     def start(self) -> None:
+        # One request at a time: moto's threaded server can hand one SQS message to two
+        # concurrent receivers (its receive is not atomic), which real SQS does not do within
+        # a visibility timeout. Serving serially restores SQS's semantics for the tests.
         code = (
-            "import time\n"
-            "from moto.server import ThreadedMotoServer\n"
-            "s = ThreadedMotoServer('127.0.0.1', 0, verbose=False)\n"
-            "s.start()\n"
-            "print(s.get_host_and_port()[1], flush=True)\n"
-            "time.sleep(1e9)\n"
+            "from werkzeug.serving import make_server\n"
+            "from moto.server import DomainDispatcherApplication, create_backend_app\n"
+            "app = DomainDispatcherApplication(create_backend_app)\n"
+            "s = make_server('127.0.0.1', 0, app, threaded=False)\n"
+            "print(s.server_port, flush=True)\n"
+            "s.serve_forever()\n"
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -361,6 +367,7 @@ class SqsBroker(Broker):
     # moto's SQS is slow (tens of messages/s when the queue holds thousands): heavy tests are
     # sized down for it; they show the same behaviour on fewer messages.
     max_events: int | None = 3000
+    quick_redelivery: dict[str, Any] = {"visibility_timeout": 8}  # noqa: RUF012
     moto_port = 0
 
     def __init__(self) -> None:

@@ -214,7 +214,8 @@ async def test_reconnects_by_itself_after_the_broker_goes_away(broker: Broker, t
     second = [event("r", i) for i in range(300, 600)]
     expected = Counter(f"r-{i:07d}" for i in range(600))
     await broker.publish(first)
-    app = App(parse_config(app_yaml(tmp_path, broker.source_config(port=proxy.port))))
+    source_config = broker.source_config(port=proxy.port, **broker.quick_redelivery)
+    app = App(parse_config(app_yaml(tmp_path, source_config)))
     await app.start()
     source = app.sources[0]
     try:
@@ -310,7 +311,7 @@ async def test_kill9_midway_loses_nothing_and_archives_each_event_once(
     bodies = _batched("k", total, per_message)
     expected = Counter(f"k-{i:07d}" for i in range(total))
     await broker.publish(bodies)
-    source = broker.source_config()
+    source = broker.source_config(**broker.quick_redelivery)
     config = _daemon_yaml(tmp_path, "d1", source)
     daemon = DaemonProcess(config, tmp_path / "d1.log")
     await daemon.start()
