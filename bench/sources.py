@@ -23,16 +23,7 @@ from typing import Any
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "contract"))
-
-from source_brokers import (
-    AmqpBroker,
-    Broker,
-    MotoServer,
-    NatsBroker,
-    RedisBroker,
-    SqsBroker,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemon.intake import Intake
 from daemon.journal import Journal
@@ -42,6 +33,14 @@ from daemon.sources.nats import NatsSourceConfig
 from daemon.sources.redis import RedisSourceConfig
 from daemon.sources.sqs import SqsSourceConfig
 from daemon.telemetry import configure_logging
+from tests.contract.source_brokers import (
+    AmqpBroker,
+    Broker,
+    MotoServer,
+    NatsBroker,
+    RedisBroker,
+    SqsBroker,
+)
 
 
 def body(tag: str, i: int) -> bytes:

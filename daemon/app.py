@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import signal
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,26 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon import telemetry
-from daemon.archive.archiver import Archiver, Delivery
-from daemon.archive.tracker import quarantine_delivery, tracker_delivery
-from daemon.config import Config
+from daemon.api.audit import Auditor
+from daemon.api.auth import Authenticator
+from daemon.api.routes import ApiGuard, ProofProvider, QueryApi
+from daemon.archive.archiver import Archiver, Delivery, Listener
+from daemon.archive.backup import Backup
+from daemon.archive.retention import Retention
+from daemon.archive.tracker import quarantine_delivery, tracker_delivery, tracker_filter
+from daemon.config import Config, ConfigError, TlsConfig, load_config
+from daemon.decodepool import DecodePool, default_workers
+from daemon.events import Event
+from daemon.index import CURSOR as INDEX_CURSOR
+from daemon.index import Classifier, IndexBackend, Indexer, IndexUnavailable, build_index
+from daemon.index.base import Classification, StoredEvent
 from daemon.intake import Intake
+from daemon.integrity.prove import ProveError, inclusion_at
+from daemon.integrity.runtime import Integrity
 from daemon.journal import Journal
+from daemon.notify import notifier as notify_mod
+from daemon.rules.model import SEVERITIES
+from daemon.rules.ruleset import RuleSet
 from daemon.sources import QueueSource, build_source
 from daemon.sources.http import HttpIngest
 from daemon.stores import build_store
@@ -59,8 +75,11 @@ def resolve_writer_id(config: Config) -> str:
 class App:
     """The running daemon. ``start`` then ``stop``; or ``serve`` until a signal."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        """Build the components. Raises RuleLoadError when the rules are bad."""
         self.config = config
+        self.config_path = config_path
+        self.rules = RuleSet(config.rules)
         self.writer_id = ""
         self.stores: dict[str, Store] = {}
         self.journal = Journal(
@@ -70,12 +89,27 @@ class App:
             fsync=config.journal.fsync,
         )
         self.intake = Intake(self.journal)
+        self.decode_pool: DecodePool | None = None
         self.archivers: list[Archiver] = []
         self.sources: list[QueueSource] = []
+        self.index: IndexBackend | None = None
+        self.indexer: Indexer | None = None
+        # Set before start() to classify indexed events (the rule engine) and prove them (integrity).
+        self.classify: Classifier | None = None
+        self.proof: ProofProvider | None = None
+        # Other components add admin routes through the guard: guard.protect("admin", ...).
+        self.guard: ApiGuard | None = None
+        self._tls: ssl.SSLContext | None = None
+        self.integrity: Integrity | None = None
+        self.notifier: notify_mod.Notifier | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._aux_tasks: list[asyncio.Task[None]] = []
+        self.retention: Retention | None = None
+        self.backup: Backup | None = None
         self._runners: list[web.AppRunner] = []
         self._stop_requested = asyncio.Event()
         self._signals = 0
+        self._reloads: set[asyncio.Task[bool]] = set()
         self.http_port: int | None = None
         self.metrics_port: int | None = None
 
@@ -85,15 +119,23 @@ class App:
         c = self.config
         out = [quarantine_delivery(c.quarantine, self.stores[c.quarantine.store], self.writer_id)]
         for tracker in c.trackers:
-            out.append(tracker_delivery(tracker, self.stores[tracker.store], self.writer_id))
+            out.append(
+                tracker_delivery(tracker, self.stores[tracker.store], self.writer_id, tracker_filter(tracker))
+            )
         return out
 
     async def start(self) -> None:
         c = self.config
+        # A bad certificate fails the start before anything is opened.
+        http_tls = c.ingest.http.tls if c.ingest.http else None
+        self._tls = _ssl_context(http_tls) if http_tls else None
         self.writer_id = await asyncio.to_thread(resolve_writer_id, c)
         self.stores = {name: build_store(name, sc) for name, sc in c.stores.items()}
         deliveries = self._deliveries()
-        report = await self.journal.open(consumers=[d.cursor for d in deliveries])
+        consumers = [d.cursor for d in deliveries] + ([INDEX_CURSOR] if c.index.enabled else [])
+        if notify_mod.enabled(c.notify):
+            consumers.append(notify_mod.CURSOR)
+        report = await self.journal.open(consumers=consumers)
         log.info(
             "journal.recovered",
             dir=str(c.journal.dir),
@@ -106,16 +148,49 @@ class App:
             backlog={name: report.end_offset - off for name, off in report.cursors.items()},
         )
         state_dir = c.journal.dir / "state"
+        if c.index.enabled:
+            self.index = build_index(c.index, c.journal.dir)
+            try:
+                # Open now so queries work from the first request; if the backend is down,
+                # ingest still starts and the indexer keeps retrying (readyz says why).
+                await self.index.open()
+            except IndexUnavailable as exc:
+                log.error("index.open_failed", backend=self.index.name, error=str(exc))
+            self.indexer = Indexer(self.journal, self.index, c.index, self.classify or self._classify)
+            self._tasks.append(asyncio.create_task(self._guard(self.indexer.run(), INDEX_CURSOR)))
+        self.integrity = Integrity(c, self.stores, self.writer_id)
+        await self.integrity.start()
+        tracker_names = {t.name for t in c.trackers}
         for d in deliveries:
-            archiver = Archiver(self.journal, d, state_dir)
+            listeners: list[Listener] = list(self.integrity.listeners(d.name))
+            if self.indexer is not None and d.name in tracker_names:
+                listeners.append(self.indexer.on_stored)
+            archiver = Archiver(self.journal, d, state_dir, listeners)
             self.archivers.append(archiver)
             self._tasks.append(asyncio.create_task(self._guard(archiver.run(), d.cursor)))
+        self.retention = Retention.from_config(c.retention, c.trackers, self.stores)
+        self.backup = Backup.from_config(c.backup, self.stores, state_dir)
+        self._aux_tasks = [
+            asyncio.create_task(self._guard(self.retention.run(), "retention")),
+            asyncio.create_task(self._guard(self.backup.run(), "backup")),
+        ]
         api = web.Application(client_max_size=(c.ingest.http.max_body_bytes if c.ingest.http else 1024**2))
         api.router.add_get("/healthz", self._healthz)
         api.router.add_get("/readyz", self._readyz)
         if c.ingest.http is not None:
-            HttpIngest(c.ingest.http, self.intake).add_routes(api)
-            self.http_port = await self._listen(api, c.ingest.http.listen)
+            workers = c.ingest.http.decode_workers
+            self.decode_pool = DecodePool(default_workers() if workers is None else workers)
+            auth = Authenticator(c.auth, c.ingest.http.tokens)
+            auditor = Auditor(self.intake, c.auth.audit_tenant, self.writer_id)
+            self.guard = ApiGuard(auth, auditor)
+            HttpIngest(c.ingest.http, self.intake, self.decode_pool, self.guard).add_routes(api)
+            if self.index is not None:
+                QueryApi(self.index, self.guard, self.proof or self._proof).add_routes(api)
+            api.router.add_get(notify_mod.CONFIRM_ROUTE, self._confirm_subscription)
+            self.http_port = await self._listen(api, c.ingest.http.listen, self._tls)
+        if notify_mod.enabled(c.notify):
+            self.notifier = notify_mod.build(self.journal, c, state_dir, self._public_url(), self.rules)
+            await self.notifier.start()
         for source_config in c.ingest.sources:
             source = build_source(source_config, self.intake, self.writer_id)
             await source.start()
@@ -134,11 +209,30 @@ class App:
             sources=[s.name for s in self.sources],
         )
 
-    async def _listen(self, app: web.Application, listen: str) -> int:
+    def _public_url(self, config: Config | None = None) -> str:
+        c = config or self.config
+        if c.notify.public_url:
+            return c.notify.public_url
+        if c.ingest.http is None:
+            return "http://127.0.0.1"
+        host = split_listen(c.ingest.http.listen)[0]
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        return f"http://{host}:{self.http_port}"
+
+    async def _confirm_subscription(self, request: web.Request) -> web.Response:
+        topic, name = request.match_info["topic"], request.match_info["subscription"]
+        worker = self.notifier.worker(topic, name) if self.notifier is not None else None
+        if worker is None:
+            return web.json_response({"error": f"no subscription {topic}/{name}"}, status=404)
+        if not await worker.confirm(request.query.get("token", "")):
+            return web.json_response({"error": "the token does not match this subscription"}, status=403)
+        return web.json_response({"confirmed": True, "topic": topic, "subscription": name})
+
+    async def _listen(self, app: web.Application, listen: str, tls: ssl.SSLContext | None = None) -> int:
         host, port = split_listen(listen)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         await site.start()
         self._runners.append(runner)
         server = site._server
@@ -154,6 +248,30 @@ class App:
             log.exception("app.component_failed", component=name, error=str(exc))
             self.request_stop()
 
+    def _classify(self, event: Event) -> Classification | None:
+        """The index's view of the rules: the most severe match, and every matching rule id."""
+        matches = self.rules.match(event)
+        if not matches:
+            return None
+        top = max(matches, key=lambda m: SEVERITIES.index(m.severity) if m.severity in SEVERITIES else -1)
+        return Classification(top.category, top.severity, tuple(m.rule for m in matches))
+
+    async def _proof(self, stored: StoredEvent) -> dict[str, Any] | None:
+        """The inclusion proof of an archived event, once a digest has published its leaf."""
+        if self.integrity is None:
+            return None
+        for loc in stored.locations:
+            if loc.tracker not in self.integrity.writers:
+                continue
+            tree = await self.integrity.recorder.tree(loc.tracker)
+            try:
+                return await asyncio.to_thread(
+                    inclusion_at, tree, str(stored.fields.get("id")), loc.key, loc.leaf, stored.record
+                )
+            except ProveError as exc:
+                log.debug("api.proof_unavailable", key=loc.key, reason=str(exc))
+        return None
+
     # --- endpoints --------------------------------------------------------------------------
 
     async def _healthz(self, _request: web.Request) -> web.Response:
@@ -167,6 +285,8 @@ class App:
             problems.append(
                 f"journal at its budget ({self.journal.bytes_used} of {self.journal.max_bytes} bytes)"
             )
+        if self.indexer is not None and not self.indexer.healthy:
+            problems.append(f"index {self.indexer.backend.name}: {self.indexer.last_error}")
         for archiver in self.archivers:
             if not archiver.healthy:
                 problems.append(f"archive {archiver.d.name}: {archiver.last_error}")
@@ -198,6 +318,64 @@ class App:
         log.info("app.stopping", signal=signal.Signals(signum).name)
         self.request_stop()
 
+    def _on_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> bool:
+        """Re-read the config file and swap in its rules (SIGHUP).
+
+        Never raises: a bad config or bad rules are logged and the ones in force stay.
+        Components other than the rules keep the config they started with.
+        """
+        log.info("app.reloading", config=self.config_path or "embedded default")
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("app.reload_failed", problems=exc.problems, action="fix the file and send SIGHUP again")
+            return False
+        rules_ok = await self.rules.reload_async(config.rules)
+        notify_ok = await self._reload_notify(config)
+        return rules_ok and notify_ok
+
+    async def _reload_notify(self, config: Config) -> bool:
+        """Swap topics, subscriptions and routes: build the new notifier first, so a bad
+        template or pattern keeps the old one running; then stop the old and start the new.
+
+        Outboxes are files named by topic and subscription, so messages waiting in them
+        are picked up by the new workers; a removed subscription's outbox stays on disk.
+        """
+        if config.notify == self.config.notify:
+            return True
+        new: notify_mod.Notifier | None = None
+        try:
+            if notify_mod.enabled(config.notify):
+                new = notify_mod.build(
+                    self.journal,
+                    config,
+                    self.config.journal.dir / "state",
+                    self._public_url(config),
+                    self.rules,
+                )
+        except Exception as exc:
+            log.error("notify.reload_failed", error=str(exc), action="fix the file and send SIGHUP again")
+            return False
+        if self.notifier is not None:
+            await self.notifier.stop()
+        if new is None:
+            self.journal.unregister(notify_mod.CURSOR)
+        else:
+            await new.start()
+        self.notifier = new
+        self.config = self.config.model_copy(update={"notify": config.notify})
+        log.info(
+            "notify.reloaded",
+            topics=sorted(config.notify.topics),
+            routes=len(config.notify.routes),
+        )
+        return True
+
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop intake, store open files (waiting up to ``grace`` s for a failing store), close."""
         await asyncio.gather(*(source.stop() for source in self.sources), return_exceptions=True)
@@ -205,14 +383,36 @@ class App:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        if self.notifier is not None:
+            await self.notifier.stop()
+        for aux in (self.retention, self.backup):
+            if aux is not None:
+                aux.stop()
         for archiver in self.archivers:
             archiver.stop(deadline=grace)
+        if self.indexer is not None:
+            self.indexer.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._aux_tasks:
+            # A sweep or a backup round may be waiting on a slow store: it is safe to cut
+            # short (both record progress durably and resume on the next start).
+            _done, pending = await asyncio.wait(self._aux_tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._aux_tasks, return_exceptions=True)
+        if self.index is not None:
+            await self.index.close()
+        if self.integrity is not None:
+            # After the archivers: the chain-end digest must list their last files.
+            await self.integrity.stop(grace)
         await self.journal.close()
+        if self.decode_pool is not None:
+            self.decode_pool.close()
         for store in self.stores.values():
             with contextlib.suppress(Exception):
                 await store.close()
+        self.rules.flush_metrics()
         log.info("app.stopped", end_offset=self.journal.end_offset)
 
     async def serve(self) -> None:
@@ -220,11 +420,25 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         try:
             await self.start()
             await self._stop_requested.wait()
         finally:
             await self.stop()
+
+
+def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """A server TLS context; raises ValueError naming the files when they cannot be loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"ingest.http.tls: cannot load certificate {tls.cert_file} with key {tls.key_file}: {exc}"
+        ) from exc
+    return context
 
 
 def state_dir(config: Config) -> Path:

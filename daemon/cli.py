@@ -12,8 +12,13 @@ from typing import Any
 
 import orjson
 
-from daemon import __version__
+from daemon import __version__, configdoc
+from daemon.api import cli as query_cli
 from daemon.config import ConfigError, load_config
+from daemon.integrity import cli as integrity_cli
+from daemon.notify import cli as notify_cli
+from daemon.rules import cli as rules_cli
+from daemon.rules.loader import RuleLoadError, load_rules
 from daemon.telemetry import configure_logging
 
 
@@ -26,14 +31,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(exc.render(), file=sys.stderr)
         return 2
     configure_logging(config.log.level, config.log.format)
-    asyncio.run(App(config).serve())
+    try:
+        app = App(config, args.config)
+    except RuleLoadError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    asyncio.run(app.serve())
     return 0
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        load_config(args.file)
+        config = load_config(args.file)
+        load_rules(config.rules)
     except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    except RuleLoadError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
     print(f"{args.file or 'embedded default config'}: ok")
@@ -136,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--token", help="producer bearer token")
     send.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     send.set_defaults(func=_cmd_send)
+
+    # Every component's subcommands, registered here and only here.
+    for register in (
+        integrity_cli.register,
+        rules_cli.register,
+        notify_cli.register,
+        query_cli.register,
+        configdoc.register,
+    ):
+        register(sub)
     return parser
 
 

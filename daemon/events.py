@@ -17,6 +17,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -203,6 +204,9 @@ def _normalise_time(value: Any) -> str | None:
             return None
     if not isinstance(value, str) or not value:
         return None
+    # CloudTrail's own shape, 2024-07-31T14:23:46Z, is by far the most common: skip datetime.
+    if len(value) == 20 and value[10] == "T" and value[19] == "Z" and value[4] == "-" and value[13] == ":":
+        return value[:19] + ".000Z"
     text = value.strip()
     if text.isdigit():
         return _normalise_time(int(text))
@@ -283,16 +287,24 @@ _RESOURCE_NAME_KEYS = (
 )
 
 
+_RESOURCE_RANK = {k: i for i, k in enumerate(_RESOURCE_NAME_KEYS)}
+
+
 def _cloudtrail_resource_name(rec: dict[str, Any]) -> str | None:
     params = rec.get("requestParameters")
     if not isinstance(params, dict):
         return None
-    for key in _RESOURCE_NAME_KEYS:
-        value = params.get(key)
-        if value not in (None, "", [], {}):
-            if isinstance(value, list):
-                value = value[0]
-            return _s(value)
+    # Walk the call's own (few) parameters rather than every known key.
+    best: tuple[int, Any] | None = None
+    for key, value in params.items():
+        rank = _RESOURCE_RANK.get(key)
+        if rank is not None and value not in (None, "", [], {}) and (best is None or rank < best[0]):
+            best = (rank, value)
+    if best is not None:
+        value = best[1]
+        if isinstance(value, list):
+            value = value[0]
+        return _s(value)
     items = _get(params, "instancesSet", "items")
     if isinstance(items, list) and items and isinstance(items[0], dict):
         return _s(items[0].get("instanceId"))
@@ -315,8 +327,8 @@ def content_id(obj: Any) -> str:
 
 def canonical_cloudtrail(rec: dict[str, Any]) -> Canonical | str:
     """Canonical fields of a CloudTrail record, or the reason it cannot identify itself."""
-    missing = [k for k in ("eventSource", "eventName") if not rec.get(k)]
-    if missing:
+    if not rec.get("eventSource") or not rec.get("eventName"):
+        missing = [k for k in ("eventSource", "eventName") if not rec.get(k)]
         return f"CloudTrail record lacks {', '.join(missing)}"
     ident = rec.get("userIdentity") if isinstance(rec.get("userIdentity"), dict) else {}
     assert isinstance(ident, dict)
@@ -364,8 +376,8 @@ def _cts_rating(trace: dict[str, Any]) -> str:
 
 def canonical_cts(trace: dict[str, Any]) -> Canonical | str:
     """Canonical fields of a CTS trace, or the reason it cannot identify itself."""
-    missing = [k for k in ("service_type", "trace_name") if not trace.get(k)]
-    if missing:
+    if not trace.get("service_type") or not trace.get("trace_name"):
+        missing = [k for k in ("service_type", "trace_name") if not trace.get(k)]
         return f"CTS trace lacks {', '.join(missing)}"
     user = trace.get("user") if isinstance(trace.get("user"), dict) else {}
     assert isinstance(user, dict)
@@ -497,7 +509,9 @@ class Decoder:
             return Rejected(index, reason, canonical, record)
         if canonical["time"] is None:
             canonical["time"] = _iso_ms(received)
-        return Event(record, canonical, received, self.source, obj)
+        # The parsed dict is dropped on purpose: keeping thousands alive per request costs
+        # more in allocation than re-parsing the few records that a rule needs later.
+        return Event(record, canonical, received, self.source)
 
 
 def _looks_like_ndjson(body: bytes) -> bool:
@@ -514,26 +528,75 @@ def _looks_like_ndjson(body: bytes) -> bool:
 # --- journal entries ----------------------------------------------------------------------
 
 
+# Event entries: kind byte, a fixed header with the fields every archiver needs per
+# event (so it never parses JSON on its hot path), the canonical fields as JSON
+# (parsed lazily, by the consumers that need them), then the record bytes.
+_EVENT_HEADER = struct.Struct(">qHHHI")  # received ms, len tenant, len region, len time, len meta
+
+
 def encode_event(event: Event) -> bytes:
-    """Journal payload for an event: kind byte, metadata line, record bytes."""
-    meta = orjson.dumps({"c": event.canonical, "r": event.received_ms, "s": event.source})
-    return bytes((KIND_EVENT,)) + meta + b"\n" + event.record
+    """Journal payload for an event."""
+    c = event.canonical
+    tenant = (c.get("tenant") or "").encode()
+    region = (c.get("region") or "").encode()
+    etime = (c.get("time") or "").encode()
+    meta = orjson.dumps({"c": c, "s": event.source})
+    header = _EVENT_HEADER.pack(event.received_ms, len(tenant), len(region), len(etime), len(meta))
+    return b"".join((_KIND_EVENT_BYTE, header, tenant, region, etime, meta, event.record))
 
 
 def encode_quarantine(item: QuarantineItem) -> bytes:
     return bytes((KIND_QUARANTINE,)) + item.to_line()
 
 
-@dataclass(slots=True)
-class Entry:
-    """A decoded journal entry: an event (canonical + record) or a quarantine line."""
+_KIND_EVENT_BYTE = bytes((KIND_EVENT,))
 
-    offset: int
-    kind: int
-    received_ms: int
-    canonical: Canonical
-    record: bytes
-    source: str = ""
+
+class Entry:
+    """A decoded journal entry: an event or a quarantine line.
+
+    ``tenant``, ``region`` and ``time`` are read from the entry's fixed header;
+    ``canonical`` (every canonical field) is parsed on first use.
+    """
+
+    __slots__ = ("_canonical", "_meta", "kind", "offset", "received_ms", "record", "region", "tenant", "time")
+
+    def __init__(
+        self,
+        offset: int,
+        kind: int,
+        received_ms: int,
+        record: bytes,
+        *,
+        tenant: str | None = None,
+        region: str | None = None,
+        time: str | None = None,
+        meta: bytes = b"",
+        canonical: Canonical | None = None,
+    ) -> None:
+        self.offset = offset
+        self.kind = kind
+        self.received_ms = received_ms
+        self.record = record
+        self.tenant = tenant
+        self.region = region
+        self.time = time
+        self._meta = meta
+        self._canonical = canonical
+
+    def _load_meta(self) -> dict[str, Any]:
+        return orjson.loads(self._meta) if self._meta else {"c": {}, "s": ""}
+
+    @property
+    def canonical(self) -> Canonical:
+        if self._canonical is None:
+            self._canonical = self._load_meta()["c"]
+        return self._canonical
+
+    @property
+    def source(self) -> str:
+        value: str = self._load_meta().get("s", "")
+        return value
 
     def event(self) -> Event:
         return Event(self.record, self.canonical, self.received_ms, self.source)
@@ -543,12 +606,28 @@ def decode_entry(offset: int, payload: bytes) -> Entry:
     """Decode a journal payload written by encode_event or encode_quarantine."""
     kind = payload[0]
     if kind == KIND_EVENT:
-        nl = payload.index(b"\n")
-        meta = orjson.loads(payload[1:nl])
-        return Entry(offset, kind, meta["r"], meta["c"], payload[nl + 1 :], meta.get("s", ""))
+        received, lt, lr, lti, lm = _EVENT_HEADER.unpack_from(payload, 1)
+        pos = 1 + _EVENT_HEADER.size
+        tenant = payload[pos : pos + lt].decode() or None
+        pos += lt
+        region = payload[pos : pos + lr].decode() or None
+        pos += lr
+        etime = payload[pos : pos + lti].decode() or None
+        pos += lti
+        meta = payload[pos : pos + lm]
+        return Entry(
+            offset, kind, received, payload[pos + lm :], tenant=tenant, region=region, time=etime, meta=meta
+        )
     if kind == KIND_QUARANTINE:
         line = payload[1:]
-        meta = orjson.loads(line)
-        received = int(dt.datetime.fromisoformat(meta["time"].replace("Z", "+00:00")).timestamp() * 1000)
-        return Entry(offset, kind, received, {}, line, meta.get("source", ""))
+        doc = orjson.loads(line)
+        received = int(dt.datetime.fromisoformat(doc["time"].replace("Z", "+00:00")).timestamp() * 1000)
+        return Entry(
+            offset,
+            kind,
+            received,
+            line,
+            canonical={},
+            meta=orjson.dumps({"c": {}, "s": doc.get("source", "")}),
+        )
     raise ValueError(f"journal entry at offset {offset} has unknown kind {kind:#x}")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from daemon import telemetry
+from daemon.decodepool import Decoded
 from daemon.events import Event, QuarantineItem, Rejected, encode_event, encode_quarantine, now_ms
 from daemon.journal import Journal, JournalFull
 
@@ -69,6 +70,23 @@ class Intake:
         for reason, count in Counter(r.reason for r in rejected).items():
             telemetry.EVENTS_REJECTED.labels(source=source, reason=reason).inc(count)
         return Outcome(accepted, rejected, first)
+
+    async def submit_decoded(self, decoded: Decoded, source: str) -> int:
+        """Append payloads prepared by decode_payloads; same contract as ``submit``.
+
+        Returns the first offset. Raises JournalFull or JournalError.
+        """
+        telemetry.EVENTS_RECEIVED.labels(source=source).inc(decoded.accepted + len(decoded.rejected))
+        try:
+            first = await self.journal.append(decoded.payloads)
+        except JournalFull:
+            telemetry.INGEST_PUSHBACK.labels(source=source).inc()
+            raise
+        if decoded.accepted:
+            telemetry.EVENTS_ACCEPTED.labels(source=source).inc(decoded.accepted)
+        for reason, count in Counter(r[1] for r in decoded.rejected).items():
+            telemetry.EVENTS_REJECTED.labels(source=source, reason=reason).inc(count)
+        return first
 
     async def quarantine(self, item: QuarantineItem) -> None:
         """Quarantine one undecodable input (for example a whole queue message)."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from daemon import telemetry
+from daemon.durable import fsync_dir
 from daemon.telemetry import get_logger
 
 log = get_logger("journal")
@@ -147,6 +148,7 @@ class Journal:
         self._registered: set[str] = set()
         self._commit_lock = asyncio.Lock()
         self._disk_bytes = 0
+        self._full = False  # an append was refused; cleared once usage falls under 90% of the budget
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -169,6 +171,10 @@ class Journal:
         """Declare a consumer; before its first commit it starts at the oldest entry."""
         self._registered.add(name)
         self._cursors.setdefault(name, self.start_offset)
+
+    def unregister(self, name: str) -> None:
+        """Stop holding segments back for a consumer that no longer runs (its cursor file stays)."""
+        self._registered.discard(name)
 
     def _recover_sync(self) -> RecoveryReport:
         seg_dir = self.dir / "segments"
@@ -216,7 +222,7 @@ class Journal:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if self.fsync:
             os.fsync(fd)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         if self._fd is not None:
             os.close(self._fd)
         self._fd = fd
@@ -264,7 +270,11 @@ class Journal:
         return self._durable - self.cursor(name)
 
     def writable(self) -> bool:
-        return not self._closed and self._failed is None and self.bytes_used < self.max_bytes
+        return (
+            not self._closed
+            and self._failed is None
+            and not (self._full and self.bytes_used > self.max_bytes * 0.9)
+        )
 
     # --- append -----------------------------------------------------------------------------
 
@@ -283,7 +293,13 @@ class Journal:
             return self._next
         frames = [frame(self._next + i, p) for i, p in enumerate(payloads)]
         size = sum(len(f) for f in frames)
+        # Hysteresis: once full, refuse until consumers free 10% of the budget, so
+        # senders back off for real instead of squeezing in one small batch at a time.
+        if self._full and self.bytes_used > self.max_bytes * 0.9:
+            raise JournalFull(self.bytes_used, self.max_bytes)
+        self._full = False
         if self.bytes_used + size > self.max_bytes:
+            self._full = True
             raise JournalFull(self.bytes_used, self.max_bytes)
         first = self._next
         self._next += len(frames)
@@ -408,7 +424,7 @@ class Journal:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         if self.fsync:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def _release_sync(self) -> None:
         if not self._registered:
@@ -438,14 +454,6 @@ class Journal:
             if segs[i].base <= offset:
                 return segs[i], i == len(segs) - 1
         raise JournalError(f"offset {offset} is older than the journal's oldest entry {self.start_offset}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JournalReader:

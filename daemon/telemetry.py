@@ -119,12 +119,220 @@ ARCHIVE_LAST_SUCCESS = Gauge(
     registry=REGISTRY,
 )
 
+# --- stores ---------------------------------------------------------------------------------
+STORE_OPERATIONS = Counter(
+    "trailkeeper_store_operations_total",
+    "Store calls by store, operation (put, get, head, list, delete, check) and result "
+    "(ok, unavailable, permanent, conflict, missing).",
+    ["store", "operation", "result"],
+    registry=REGISTRY,
+)
+STORE_SECONDS = Histogram(
+    "trailkeeper_store_operation_seconds",
+    "Time for one store call, retries included.",
+    ["store", "operation"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+# --- retention ------------------------------------------------------------------------------
+RETENTION_DELETED = Counter(
+    "trailkeeper_retention_deleted_total",
+    "Expired archive files deleted by the retention sweeper, by tracker.",
+    ["tracker"],
+    registry=REGISTRY,
+)
+RETENTION_FAILURES = Counter(
+    "trailkeeper_retention_failures_total",
+    "Retention rounds or deletions that failed, by tracker and reason (unavailable, permanent).",
+    ["tracker", "reason"],
+    registry=REGISTRY,
+)
+RETENTION_LAST_RUN = Gauge(
+    "trailkeeper_retention_last_run_timestamp_seconds",
+    "When a tracker's retention last completed a round (Unix time).",
+    ["tracker"],
+    registry=REGISTRY,
+)
+
+# --- backup ---------------------------------------------------------------------------------
+BACKUP_PENDING_OBJECTS = Gauge(
+    "trailkeeper_backup_pending_objects",
+    "Objects in the source not yet copied and verified in the destination, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+BACKUP_PENDING_BYTES = Gauge(
+    "trailkeeper_backup_pending_bytes",
+    "Bytes in the source not yet copied and verified in the destination, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+BACKUP_COPIED_OBJECTS = Counter(
+    "trailkeeper_backup_copied_objects_total",
+    "Objects copied and verified by hash, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+BACKUP_COPIED_BYTES = Counter(
+    "trailkeeper_backup_copied_bytes_total",
+    "Bytes copied and verified by hash, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+BACKUP_REPAIRED = Counter(
+    "trailkeeper_backup_repaired_total",
+    "Copies found deleted or altered in the destination and written again, by job.",
+    ["job"],
+    registry=REGISTRY,
+)
+BACKUP_FAILURES = Counter(
+    "trailkeeper_backup_failures_total",
+    "Backup failures by job and reason (unavailable, permanent, verify, conflict, source_changed).",
+    ["job", "reason"],
+    registry=REGISTRY,
+)
+BACKUP_LAST_SUCCESS = Gauge(
+    "trailkeeper_backup_last_success_timestamp_seconds",
+    "When a backup job last finished a round with nothing pending (Unix time).",
+    ["job"],
+    registry=REGISTRY,
+)
+
+# --- integrity ------------------------------------------------------------------------------
+DIGEST_LAST_SUCCESS = Gauge(
+    "trailkeeper_digest_last_success_timestamp_seconds",
+    "When a tracker's digest chain last advanced: a signed digest was stored (Unix time).",
+    ["tracker"],
+    registry=REGISTRY,
+)
+VALIDATE_FINDINGS = Counter(
+    "trailkeeper_validate_findings_total",
+    "Problems found by validation runs, by tracker and finding "
+    "(modified, missing, unlisted, moved, bad_signature, stale_tail).",
+    ["tracker", "finding"],
+    registry=REGISTRY,
+)
+
 # --- quarantine -----------------------------------------------------------------------------
 QUARANTINE_STORED = Counter(
     "trailkeeper_quarantine_items_stored_total",
     "Rejected items written to the quarantine store.",
     registry=REGISTRY,
 )
+
+
+# --- rules ----------------------------------------------------------------------------------
+# Rule ids and categories come from rule files, not from events, so they stay bounded.
+RULE_MATCHES = Counter(
+    "trailkeeper_rule_matches_total",
+    "Events matched by a classification rule, by rule id and category.",
+    ["rule", "category"],
+    registry=REGISTRY,
+)
+RULE_MATCH_SECONDS = Histogram(
+    "trailkeeper_rule_match_seconds",
+    "Time to classify one event against every loaded rule.",
+    buckets=(1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 1e-3, 1e-2),
+    registry=REGISTRY,
+)
+RULES_LOADED = Gauge(
+    "trailkeeper_rules_loaded",
+    "Classification rules in force, after overrides and disables.",
+    registry=REGISTRY,
+)
+RULES_RELOADS = Counter(
+    "trailkeeper_rules_reloads_total",
+    "Rule reloads by result (ok, failed); a failed reload keeps the rules in force.",
+    ["result"],
+    registry=REGISTRY,
+)
+
+
+# --- notifications --------------------------------------------------------------------------
+# Labels: topic and protocol are config names (bounded); never subscriber or event values.
+NOTIFY_SENT = Counter(
+    "trailkeeper_notify_sent_total",
+    "Notifications delivered, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_FAILED = Counter(
+    "trailkeeper_notify_failed_total",
+    "Failed delivery attempts, by topic, protocol and reason (connect, timeout, tls, http_4xx, "
+    "http_5xx, throttled, rejected, smtp, sns).",
+    ["topic", "protocol", "reason"],
+    registry=REGISTRY,
+)
+NOTIFY_RETRIED = Counter(
+    "trailkeeper_notify_retried_total",
+    "Delivery attempts that were retries, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_DEAD_LETTERED = Counter(
+    "trailkeeper_notify_dead_lettered_total",
+    "Notifications parked in the dead-letter store, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_QUEUE_DEPTH = Gauge(
+    "trailkeeper_notify_queue_depth",
+    "Notifications waiting in the outboxes, by topic and protocol.",
+    ["topic", "protocol"],
+    registry=REGISTRY,
+)
+NOTIFY_LATENCY = Histogram(
+    "trailkeeper_ingest_to_notify_seconds",
+    "Time from ingest of the (first) event to delivery of its notification.",
+    ["topic", "protocol"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+# --- index and query API --------------------------------------------------------------------
+INDEX_EVENTS = Counter(
+    "trailkeeper_index_events_total",
+    "Events newly written to the query index (repeats of indexed events are not counted).",
+    registry=REGISTRY,
+)
+INDEX_FAILURES = Counter(
+    "trailkeeper_index_failures_total",
+    "Failed index operations, by operation (write, locations, prune).",
+    ["operation"],
+    registry=REGISTRY,
+)
+INDEX_PRUNED = Counter(
+    "trailkeeper_index_pruned_total",
+    "Events removed from the query index by its retention.",
+    registry=REGISTRY,
+)
+QUERY_SECONDS = Histogram(
+    "trailkeeper_query_seconds",
+    "Time to answer a query API request, by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+AUTH_DENIED = Counter(
+    "trailkeeper_auth_denied_total",
+    "Requests refused by access control, by reason (no_token, bad_token, role, tenant, rate_limited).",
+    ["reason"],
+    registry=REGISTRY,
+)
+AUDIT_EVENTS = Counter(
+    "trailkeeper_audit_events_total",
+    "Events trailkeeper recorded about its own API use, by outcome (recorded, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # Resolve sys.stderr at each use, not once at configure time: a redirected or
+    # replaced stderr (a supervisor, a test harness) must not leave a closed file behind.
+    return structlog.PrintLogger(file=sys.stderr)
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
@@ -143,7 +351,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
 

@@ -12,7 +12,6 @@ to the journal before it is stored.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import orjson
 from daemon import telemetry
 from daemon.archive.fileformat import BuiltFile
 from daemon.archive.keys import Partition
+from daemon.durable import atomic_write
 from daemon.events import Entry, decode_entry
 from daemon.journal import Journal, JournalReader
 from daemon.stores.base import ObjectConflict, Store, StoreError
@@ -36,6 +36,7 @@ log = get_logger("archive")
 RETRY_INITIAL = 0.5
 RETRY_MAX = 30.0
 REPORT_INTERVAL = 60.0
+COMMIT_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ class _Batch:
         self.received.append(entry.received_ms)
         self.nbytes += len(entry.record) + 2
         self.last = entry.offset
-        t = entry.canonical.get("time")
+        t = entry.time
         if t is not None:
             if self.oldest is None or t < self.oldest:
                 self.oldest = t
@@ -125,18 +126,7 @@ class _State:
             self.pending = dict(doc.get("pending", {}))
 
     def _save_sync(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(self.path, data)
 
     async def save(self) -> None:
         data = orjson.dumps({"through": self.through, "pending": self.pending})
@@ -166,6 +156,9 @@ class Archiver:
         self._batches: dict[Partition, _Batch] = {}
         self._open_bytes = 0
         self._dirty = False
+        self._flushed = False
+        self._inflight: asyncio.Task[None] | None = None
+        self._last_commit = 0.0
         self._stopping = asyncio.Event()
         self._stop_deadline: float | None = None
         self._last_report = 0.0
@@ -190,6 +183,9 @@ class Archiver:
                 detail="the store is down; events stay in the journal and are delivered on the next start",
             )
         finally:
+            if self._inflight is not None and not self._inflight.done():
+                # Its intent stays recorded: the next start stores the file again.
+                self._inflight.cancel()
             reader.close()
             telemetry.ARCHIVE_OPEN_EVENTS.labels(tracker=self.d.name).set(0)
 
@@ -198,13 +194,22 @@ class Archiver:
             stopping = self._stopping.is_set()
             timeout = 0.0 if stopping else self._next_timeout()
             entries = await reader.read(2000, timeout=timeout)
+            kind = self.d.kind
             for offset, payload in entries:
-                self._take(decode_entry(offset, payload))
-                if self._open_bytes > self.d.max_open_bytes:
+                if payload[0] != kind:
+                    continue  # another consumer's kind of entry: skip without decoding
+                full = self._take(decode_entry(offset, payload))
+                if full is not None:
+                    await self._flush(full)
+                elif self._open_bytes > self.d.max_open_bytes:
                     await self._flush(max(self._batches.values(), key=lambda b: b.nbytes).part)
-            await self._flush_due(force=stopping and not entries)
-            await self._commit(reader.next_offset)
+            flushed = await self._flush_due(force=stopping and not entries)
+            # Commits cost an fsync: make them after a file is stored, on stop, or once a second.
+            if flushed or stopping or time.monotonic() - self._last_commit >= COMMIT_INTERVAL:
+                await self._commit(reader.next_offset)
             if stopping and not entries and not self._batches:
+                await self._wait_inflight()
+                await self._commit(reader.next_offset)
                 return
             if stopping and self._past_deadline():
                 raise _GiveUp()
@@ -230,12 +235,13 @@ class Archiver:
         oldest = min(b.opened for b in self._batches.values())
         return max(0.0, min(1.0, oldest + self.d.max_age - time.monotonic()))
 
-    def _take(self, entry: Entry) -> None:
+    def _take(self, entry: Entry) -> Partition | None:
+        """Add an entry to its partition's batch; return the partition if that batch is full."""
         if entry.kind != self.d.kind or not self.d.select(entry):
-            return
+            return None
         part = self.d.partition(entry)
         if entry.offset <= self.state.through.get(_part_key(part), -1):
-            return  # stored before a crash; the replay must not store it twice
+            return None  # stored before a crash; the replay must not store it twice
         batch = self._batches.get(part)
         if batch is None:
             batch = _Batch(part, entry.offset, entry.received_ms, time.monotonic())
@@ -243,9 +249,14 @@ class Archiver:
         before = batch.nbytes
         batch.add(entry)
         self._open_bytes += batch.nbytes - before
+        if len(batch.records) >= self.d.max_events or batch.nbytes >= self.d.max_bytes:
+            return part
+        return None
 
-    async def _flush_due(self, force: bool) -> None:
+    async def _flush_due(self, force: bool) -> bool:
         now = time.monotonic()
+        flushed = self._flushed
+        self._flushed = False
         for part, batch in list(self._batches.items()):
             if (
                 force
@@ -254,9 +265,11 @@ class Archiver:
                 or now - batch.opened >= self.d.max_age
             ):
                 await self._flush(part)
+                flushed = True
         telemetry.ARCHIVE_OPEN_EVENTS.labels(tracker=self.d.name).set(
             sum(len(b.records) for b in self._batches.values())
         )
+        return flushed
 
     async def _flush(self, part: Partition) -> None:
         batch = self._batches.pop(part)
@@ -272,11 +285,26 @@ class Archiver:
         }
         self.state.through[_part_key(part)] = batch.last
         await self.state.save()
+        # Two-stage pipeline: this file is compressed and stored while the loop goes on
+        # batching the next one. One file in flight at most, so memory stays bounded and
+        # a failing store stops reading from the journal.
+        await self._wait_inflight()
+        self._inflight = asyncio.create_task(self._store_and_finish(key, batch))
+
+    async def _wait_inflight(self) -> None:
+        if self._inflight is not None:
+            task, self._inflight = self._inflight, None
+            await task  # re-raises _GiveUp
+
+    async def _store_and_finish(self, key: str, batch: _Batch) -> None:
         await self._store(key, batch)
         self.state.pending.pop(key, None)
         self._dirty = True
+        self._flushed = True
+        # One observation per ingest batch in the file (events of one request share a
+        # receive time): per-event observations would cost more than the archiving.
         now = time.time()
-        for r in batch.received:
+        for r in set(batch.received):
             self._latency.observe(max(0.0, now - r / 1000))
 
     async def _store(self, key: str, batch: _Batch) -> None:
@@ -359,6 +387,7 @@ class Archiver:
             await asyncio.sleep(min(seconds, 0.5))
 
     async def _commit(self, next_offset: int) -> None:
+        self._last_commit = time.monotonic()
         holds = [b.first for b in self._batches.values()]
         holds += [int(p["first"]) for p in self.state.pending.values()]
         upto = min([next_offset, *holds])

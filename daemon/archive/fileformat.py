@@ -17,6 +17,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import zstandard
+
 HEAD = b'{"Records":[\n'
 TAIL = b"]}\n"
 
@@ -46,6 +48,9 @@ def build(records: Sequence[bytes], compression: str = "gzip", level: int = 6) -
     raw = render(records)
     if compression == "gzip":
         data = gzip.compress(raw, compresslevel=level, mtime=0)
+    elif compression == "zstd":
+        # Frame header carries the content size; no timestamps: deterministic like gzip mtime 0.
+        data = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
     elif compression == "none":
         data = raw
     else:
@@ -53,10 +58,20 @@ def build(records: Sequence[bytes], compression: str = "gzip", level: int = 6) -
     return BuiltFile(data, hashlib.sha256(data).hexdigest(), len(raw))
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def decompress(data: bytes) -> bytes:
+    """Undo gzip or zstd by their magic bytes; anything else is returned as is."""
     if data[:2] == b"\x1f\x8b":
         return gzip.decompress(data)
+    if data[:4] == ZSTD_MAGIC:
+        return zstandard.ZstdDecompressor().decompress(data)
     return data
+
+
+def extension(compression: str) -> str:
+    return {"gzip": "json.gz", "zstd": "json.zst"}.get(compression, "json")
 
 
 def split_records(raw: bytes) -> list[bytes]:

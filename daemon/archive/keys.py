@@ -10,6 +10,7 @@ same key instead of a duplicate.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from typing import NamedTuple
 
@@ -33,9 +34,20 @@ class Partition(NamedTuple):
     day: str  # YYYY/MM/DD
 
 
+@functools.lru_cache(maxsize=64)
+def _day(day_number: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day_number)).strftime("%Y/%m/%d")
+
+
+@functools.lru_cache(maxsize=4096)
+def _segments(tenant: str | None, region: str | None) -> tuple[str, str]:
+    return safe_segment(tenant), safe_segment(region)
+
+
 def partition_of(tenant: str | None, region: str | None, received_ms: int) -> Partition:
-    t = dt.datetime.fromtimestamp(received_ms / 1000, tz=dt.UTC)
-    return Partition(safe_segment(tenant), safe_segment(region), t.strftime("%Y/%m/%d"))
+    """The partition of an event: cheap, it runs once per event per tracker."""
+    t, r = _segments(tenant, region)
+    return Partition(t, r, _day(received_ms // 86_400_000))
 
 
 def file_key(

@@ -11,7 +11,8 @@ from daemon.archive import fileformat, keys
 from daemon.archive.archiver import Delivery
 from daemon.archive.fileformat import BuiltFile
 from daemon.config import QuarantineConfig, TrackerConfig
-from daemon.events import KIND_EVENT, KIND_QUARANTINE, Entry
+from daemon.events import KIND_EVENT, KIND_QUARANTINE, Entry, loads_record
+from daemon.rules.pattern import Pattern
 from daemon.stores.base import Store
 
 
@@ -19,9 +20,21 @@ def _match_all(_entry: Entry) -> bool:
     return True
 
 
+def tracker_filter(config: TrackerConfig) -> Callable[[Entry], bool] | None:
+    """The tracker's ``filter`` pattern as a selector; None selects every event."""
+    if config.filter is None:
+        return None
+    pattern = Pattern(config.filter, path="filter")
+
+    def select(entry: Entry) -> bool:
+        record = loads_record(entry.record) if pattern.uses_record else None
+        return pattern.matches(entry.canonical, record)
+
+    return select
+
+
 def _event_partition(entry: Entry) -> keys.Partition:
-    c = entry.canonical
-    return keys.partition_of(c.get("tenant"), c.get("region"), entry.received_ms)
+    return keys.partition_of(entry.tenant, entry.region, entry.received_ms)
 
 
 def tracker_delivery(
@@ -34,7 +47,16 @@ def tracker_delivery(
     f = config.file
 
     def key(part: keys.Partition, first_ms: int, first: int, last: int) -> str:
-        return keys.file_key(config.prefix, config.name, writer, part, first_ms, first, last)
+        return keys.file_key(
+            config.prefix,
+            config.name,
+            writer,
+            part,
+            first_ms,
+            first,
+            last,
+            extension=fileformat.extension(f.compression),
+        )
 
     return Delivery(
         name=config.name,

@@ -33,18 +33,29 @@ class AmqpSourceConfig(QueueSourceConfig):
     """``ingest.sources[]`` entry with ``type: amqp``."""
 
     type: Literal["amqp"]
+    """A RabbitMQ (AMQP 0-9-1) queue with manual acks."""
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    """AMQP URL with credentials and virtual host."""
     queue: str = Field(min_length=1)
-    # Declare the queue (durable) if missing; false: it must exist (passive declare).
+    """The queue to consume."""
     declare: bool = True
+    """Declare the queue (durable) when missing; false: it must exist."""
     queue_type: Literal["quorum", "classic"] = "quorum"
-    # Quorum queues only: redeliveries before RabbitMQ drops or dead-letters a message.
+    """Type of a declared queue: quorum (replicated) or classic."""
     delivery_limit: int | None = Field(default=20, ge=1)
+    """Quorum queues: redeliveries before RabbitMQ drops or dead-letters a message (only a daemon crashing
+    on it repeatedly gets there).
+    """
     dead_letter_exchange: str | None = None
+    """Exchange that receives messages over the delivery limit, so they are kept rather than dropped."""
     prefetch: int = Field(default=1000, ge=1)
+    """Unacked messages RabbitMQ sends ahead (basic.qos)."""
     batch: int = Field(default=500, ge=1)
+    """Messages made durable per group commit at most."""
     poll_timeout: Duration = 1.0
+    """How long to wait for a delivery before checking the connection."""
     heartbeat: int = Field(default=30, ge=0)
+    """AMQP heartbeat in seconds (0: off): a dead connection is noticed within about twice this."""
 
 
 class AmqpSource(QueueSource):

@@ -60,23 +60,36 @@ T = TypeVar("T")
 class QueueSourceConfig(BaseModel):
     """Settings every queue source has. ``name`` labels metrics and events (default: the type)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     name: str | None = Field(default=None, pattern=SOURCE_NAME)
-    # A message body over this is not decoded: it is quarantined as too_large and acknowledged.
+    """Names the source in metrics, logs, quarantine entries and events; default: its type."""
     max_message_bytes: Size = 8 * 1024**2
-    # One event over this is quarantined (CloudTrail's own limit is 256 KiB).
+    """A message body over this is not decoded: it is quarantined as too_large and acknowledged."""
     max_event_bytes: Size = 256 * 1024
-    # How much of an oversize body the quarantine keeps. Up to this the raw bytes are kept whole;
-    # beyond it the first bytes are kept and the detail records the full size and SHA-256.
+    """One event over this is quarantined (CloudTrail's own limit is 256 KiB)."""
     quarantine_keep_bytes: Size = 16 * 1024**2
-    # Event ids remembered to drop redelivered copies (see the module docstring).
+    """How much of an oversize body the quarantine keeps: up to this the raw bytes are kept whole; beyond
+    it the first bytes, with the full size and SHA-256 in the detail.
+    """
     dedupe_window: int = Field(default=100_000, ge=0)
+    """Recent event ids remembered (and rebuilt from the journal's tail on start) so a redelivered message
+    does not append its events twice; 0 disables.
+    """
     reconnect_initial: Duration = 0.2
+    """First delay before reconnecting after the broker is lost; doubles up to reconnect_max."""
     reconnect_max: Duration = 30.0
+    """Longest delay between reconnection attempts."""
     pushback_retry: Duration = 1.0
+    """While the journal is full: how often held messages are retried (nothing is pulled, acked or dropped
+    meanwhile).
+    """
     lag_interval: Duration = 15.0
+    """How often the broker is asked for the consumer's lag (the consumer lag metric)."""
     stop_timeout: Duration = 10.0
+    """On shutdown, how long to wait for messages in hand to be made durable and acked; later ones stay
+    unacked and are redelivered.
+    """
 
     @property
     def source_name(self) -> str:

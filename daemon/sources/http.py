@@ -11,14 +11,19 @@ import hashlib
 import hmac
 import math
 import uuid
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from daemon.config import HttpIngestConfig
-from daemon.events import Decoder
+from daemon.decodepool import DecodePool
 from daemon.intake import Intake
 from daemon.journal import JournalClosed, JournalError, JournalFull
 from daemon.telemetry import HTTP_REQUESTS, get_logger
+
+if TYPE_CHECKING:
+    from daemon.api.auth import Principal
+    from daemon.api.routes import ApiGuard
 
 log = get_logger("ingest.http")
 
@@ -45,14 +50,26 @@ def _error(status: int, message: str, **extra: object) -> web.Response:
 class HttpIngest:
     """The ``POST /v1/events`` handler and its checks."""
 
-    def __init__(self, config: HttpIngestConfig, intake: Intake) -> None:
+    def __init__(
+        self, config: HttpIngestConfig, intake: Intake, pool: DecodePool, guard: ApiGuard | None = None
+    ) -> None:
         self.config = config
         self.intake = intake
-        self.decoder = Decoder(max_event_bytes=config.max_event_bytes, source=SOURCE)
+        self.pool = pool
+        self.guard = guard
         self._token_hashes = {t.removeprefix("sha256:").lower() for t in config.tokens}
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/events", self.handle)
+        if self.guard is None:
+            app.router.add_post("/v1/events", self.handle)
+            return
+        # Tokens, roles, tenants, rate limits and the audit of refusals come from the guard.
+        app.router.add_post(
+            "/v1/events",
+            self.guard.protect(
+                "ingest", "ingestEvents", "events", self._handle, audit_success=False, route="/v1/events"
+            ),
+        )
 
     def _authorised(self, request: web.Request) -> bool:
         if not self._token_hashes:
@@ -68,8 +85,8 @@ class HttpIngest:
         HTTP_REQUESTS.labels(route="/v1/events", code=str(response.status)).inc()
         return response
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
+    async def _handle(self, request: web.Request, principal: Principal | None = None) -> web.Response:
+        if self.guard is None and not self._authorised(request):
             return _error(401, "a producer bearer token is required (Authorization: Bearer ...)")
         ctype = request.content_type.lower() if "Content-Type" in request.headers else ""
         if ctype in _NDJSON_TYPES:
@@ -90,10 +107,26 @@ class HttpIngest:
             return self._too_large()
         if not body.strip():
             return _error(400, "empty body: send a JSON event, an array, a CloudTrail envelope or NDJSON")
-        items = self.decoder.decode(body, ndjson=ndjson)
         ref = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        decoded = await self.pool.decode(body, ndjson, self.config.max_event_bytes, SOURCE, ref)
+        if principal is not None and principal.tenants is not None:
+            foreign = [
+                {"index": i, "tenant": tenant}
+                for i, tenant in enumerate(decoded.tenants)
+                if not principal.sees(tenant)
+            ]
+            if foreign:
+                # Refused whole: a producer never gets part of a batch accepted behind its back.
+                # ``index`` is the event's position among the request's accepted events.
+                return _error(
+                    403,
+                    f"token {principal.name!r} may only send events of tenants "
+                    f"{sorted(principal.tenants)}; {len(foreign)} event(s) belong to others "
+                    "and nothing from this request was written",
+                    items=foreign[:100],
+                )
         try:
-            outcome = await self.intake.submit(items, SOURCE, ref)
+            await self.intake.submit_decoded(decoded, SOURCE)
         except JournalFull as exc:
             retry = max(1, math.ceil(self.config.retry_after))
             return web.json_response(
@@ -105,10 +138,12 @@ class HttpIngest:
             return web.json_response(
                 {"error": f"journal unavailable: {exc}"}, status=503, headers={"Retry-After": "5"}
             )
-        rejected = [{"index": r.index, "reason": r.message()} for r in outcome.rejected]
-        status = 400 if outcome.accepted == 0 and rejected else 202
+        rejected = [
+            {"index": index, "reason": f"{reason}: {detail}"} for index, reason, detail in decoded.rejected
+        ]
+        status = 400 if decoded.accepted == 0 and rejected else 202
         return web.json_response(
-            {"accepted": outcome.accepted, "rejected": rejected, "request_id": ref}, status=status
+            {"accepted": decoded.accepted, "rejected": rejected, "request_id": ref}, status=status
         )
 
     def _too_large(self) -> web.Response:

@@ -28,25 +28,43 @@ class NatsSourceConfig(QueueSourceConfig):
     """``ingest.sources[]`` entry with ``type: nats``."""
 
     type: Literal["nats"]
+    """A NATS JetStream durable pull consumer."""
     servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
+    """NATS server URLs."""
     user: str | None = None
+    """User name, when the server requires one."""
     password: str | None = None
+    """Password for user."""
     token: str | None = None
+    """Authentication token, when the server requires one."""
     stream: str = Field(min_length=1)
-    # Subjects used only when the stream does not exist and create_stream is true.
+    """The JetStream stream to consume."""
     create_stream: bool = False
+    """Create the stream (with stream_subjects) when it does not exist."""
     stream_subjects: list[str] = Field(default_factory=list)
+    """Subjects a stream created by create_stream captures."""
     consumer: str = Field(default="trailkeeper", min_length=1)
-    # Only messages on this subject (wildcards allowed); None: every subject of the stream.
+    """Durable consumer name; replicas using the same name share the messages."""
     filter_subject: str | None = None
+    """Only messages on this subject (wildcards allowed); null: every subject of the stream."""
     create_consumer: bool = True
+    """Create the durable consumer when it does not exist."""
     ack_wait: Duration = 30.0
+    """JetStream redelivers a message not acked within this; held messages get an in-progress signal every
+    third of it.
+    """
     max_ack_pending: int = Field(default=10_000, ge=1)
-    # -1: JetStream redelivers without limit (a message is never dropped by the consumer).
+    """Messages delivered and not yet acked, across every replica, before JetStream stops delivering (flow
+    control).
+    """
     max_deliver: int = -1
+    """Deliveries before JetStream gives up on a message; -1: no limit (nothing dropped)."""
     batch: int = Field(default=500, ge=1)
+    """Messages per fetch (at most max_ack_pending)."""
     fetch_timeout: Duration = 1.0
+    """How long one fetch waits for messages."""
     connect_timeout: Duration = 5.0
+    """How long to wait for a connection."""
 
     @model_validator(mode="after")
     def _check(self) -> NatsSourceConfig:

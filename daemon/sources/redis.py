@@ -32,20 +32,33 @@ class RedisSourceConfig(QueueSourceConfig):
     """``ingest.sources[]`` entry with ``type: redis``."""
 
     type: Literal["redis"]
+    """A Redis Streams consumer group."""
     url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL (redis:// or rediss://)."""
     stream: str = Field(min_length=1)
+    """The stream key."""
     group: str = Field(default="trailkeeper", min_length=1)
-    # Default: the daemon's writer id (stable across restarts, distinct per replica).
+    """Consumer group; replicas in the same group share the entries."""
     consumer: str | None = None
-    # The entry field holding the message body.
+    """Consumer name within the group; must be stable across restarts for pending entries to be recovered.
+    Default: the writer id.
+    """
     field: str = "body"
+    """The entry field holding the message body; an entry without it is quarantined."""
     create_group: bool = True
-    # Where a newly created group starts: "0" reads what the stream already holds, "$" only new entries.
+    """Create the group (and the stream) when missing."""
     start_id: str = "0"
+    """Where a newly created group starts: 0 reads what the stream holds, $ only new entries."""
     batch: int = Field(default=500, ge=1)
+    """Entries per read."""
     block: Duration = 1.0
+    """How long one read waits for entries."""
     claim_min_idle: Duration = 60.0
+    """Entries pending at another consumer this long are taken over (XAUTOCLAIM); held entries are re-
+    claimed every third of it so they are not taken.
+    """
     claim_interval: Duration = 15.0
+    """How often abandoned entries are looked for."""
 
 
 def _text(value: bytes) -> str:

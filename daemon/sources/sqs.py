@@ -32,18 +32,31 @@ class SqsSourceConfig(QueueSourceConfig):
     """``ingest.sources[]`` entry with ``type: sqs``."""
 
     type: Literal["sqs"]
+    """An Amazon SQS queue (standard or FIFO)."""
     queue_url: str = Field(min_length=1)
+    """The queue URL; a URL ending in .fifo is a FIFO queue."""
     region: str = "us-east-1"
+    """AWS region of the queue."""
     endpoint_url: str | None = None
-    # Unset: the usual AWS credential chain (environment, profile, instance role).
+    """Another SQS endpoint (a VPC endpoint, a compatible server); null: AWS's."""
     access_key_id: str | None = None
+    """Access key; null: the usual AWS credential chain (environment, profile, instance role)."""
     secret_access_key: str | None = None
+    """Secret key for access_key_id."""
     wait_time: int = Field(default=20, ge=0, le=20)
+    """Long-poll wait of each receive, in seconds (0 to 20)."""
     batch: int = Field(default=10, ge=1, le=10)
+    """Messages per receive (1 to 10)."""
     visibility_timeout: int = Field(default=60, ge=3, le=43200)
+    """Seconds a received message stays hidden from other consumers; extended every third of it while held."""
     workers: int = Field(default=4, ge=1, le=64)
+    """Concurrent long polls."""
     delete_attempts: int = Field(default=3, ge=1)
+    """Tries of a delete SQS failed on its side before the failure is logged (the message then comes back
+    and is not appended twice).
+    """
     request_timeout: Duration = 30.0
+    """Time allowed for one API call beyond the long-poll wait."""
 
 
 class SqsSource(QueueSource):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+from daemon.durable import fsync_dir
 from daemon.stores.base import (
     ObjectConflict,
     ObjectInfo,
@@ -32,19 +34,15 @@ def _file_mode(value: object) -> object:
 class LocalStoreConfig(BaseModel):
     """A directory on local disk (the embedded default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     type: Literal["local"] = "local"
+    """Store type."""
     path: Path = Path("var/archive")
+    """Root directory of the store."""
     file_mode: Annotated[int, BeforeValidator(_file_mode)] = 0o444
+    """Mode of stored files (0o444 or 0444): read-only so a stray write cannot alter evidence."""
     fsync: bool = True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """fsync each file and its directory before it counts as stored."""
 
 
 class LocalStore:
@@ -70,28 +68,41 @@ class LocalStore:
             )
         return StoreUnavailable(self.name, f"cannot {action} {key!r} under {self.root}: {exc}")
 
+    def _same_or_conflict(self, key: str, path: Path, data: bytes) -> None:
+        if hashlib.sha256(path.read_bytes()).digest() != hashlib.sha256(data).digest():
+            raise ObjectConflict(self.name, f"{key!r} exists with different content")
+
     def _put_sync(self, key: str, data: bytes) -> None:
         path = self._path(key)
         if path.exists():
-            if hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest():
-                return
-            raise ObjectConflict(self.name, f"{key!r} exists with different content")
+            self._same_or_conflict(key, path, data)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # A unique temp name per call: concurrent writers of one key must not share it.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if self.config.fsync:
-                os.fsync(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self.config.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, self.config.file_mode)
+            # link() refuses an existing target, so the file is written once even when
+            # two writers race past the exists() check (rename would silently replace).
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                self._same_or_conflict(key, path, data)
+                return
         finally:
-            os.close(fd)
-        os.chmod(tmp, self.config.file_mode)
-        os.replace(tmp, path)
+            tmp.unlink(missing_ok=True)
         if self.config.fsync:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     async def put(self, key: str, data: bytes) -> None:
         try:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from source_brokers import BROKERS, CI, Broker, MotoServer, SqsBroker
+from tests.contract.source_brokers import BROKERS, CI, Broker, MotoServer, SqsBroker
 
 
 @pytest.fixture(scope="session")
@@ -47,18 +40,3 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     finally:
         await b.delete()
         await b.close()
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float, what: str, every: float = 0.2
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result: Any = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(every)

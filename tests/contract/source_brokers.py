@@ -14,8 +14,10 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -540,3 +542,18 @@ class DaemonProcess:
         rc = await asyncio.wait_for(self.proc.wait(), timeout)
         await self._drain
         return rc
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float, what: str, every: float = 0.2
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result: Any = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(every)

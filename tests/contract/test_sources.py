@@ -28,15 +28,15 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from conftest import wait_until
-from source_brokers import Broker, DaemonProcess, TcpProxy, read_archive
 
 from daemon.app import App
 from daemon.config import parse_config
+from tests.conftest import STRATUS
+from tests.contract.source_brokers import Broker, DaemonProcess, TcpProxy, read_archive, wait_until
 
 pytestmark = pytest.mark.integration
 
-DATA = Path("/work/shared/data/cloudtrail-stratus")
+DATA = STRATUS
 EVENTS = int(os.environ.get("TK_SOURCES_EVENTS", "20000"))
 
 

@@ -70,7 +70,7 @@ async def entries(journal: Journal) -> list[tuple[int, bytes]]:
 
 async def until(cond: Callable[[], bool], timeout: float = 5) -> None:
     async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - polling a plain attribute of the source
+        while not cond():
             await asyncio.sleep(0.01)
 
 

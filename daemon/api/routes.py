@@ -1,0 +1,281 @@
+"""The query API and the access-control guard every protected route goes through.
+
+``ApiGuard.protect`` wraps a handler with, in order: authentication (401),
+the per-token rate limit (429 with Retry-After), the role check (403), the
+handler (which checks tenants itself: 403), and the audit record. Other
+components add their admin routes (dead-letter replay, reload) with
+``guard.protect("admin", "replayDeadLetters", "dlq", handler)``: they are then
+authorised, rate limited and audited like these.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+
+from daemon import telemetry
+from daemon.api.audit import Auditor
+from daemon.api.auth import Action, Authenticator, AuthFailure, Principal, RateLimiter
+from daemon.events import loads_record
+from daemon.index.base import IndexBackend, IndexUnavailable, StoredEvent
+from daemon.index.query import Query, QueryError
+from daemon.journal import JournalError
+from daemon.telemetry import get_logger
+
+log = get_logger("api")
+
+Handler = Callable[[web.Request, Principal | None], Awaitable[web.Response]]
+# Integrity's hook: the inclusion proof of an archived event, or None when not yet provable.
+ProofProvider = Callable[[StoredEvent], Awaitable[dict[str, Any] | None]]
+
+# What a handler wants its audit record to say; set per request by the guard. A context
+# variable rather than request storage: the handler runs in the guard's task.
+_AUDIT_INFO: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("tk_audit_info")
+
+
+def audit_info() -> dict[str, Any]:
+    """The audit details of the request being handled (request, response, resource_id)."""
+    try:
+        return _AUDIT_INFO.get()
+    except LookupError:
+        info: dict[str, Any] = {}
+        _AUDIT_INFO.set(info)
+        return info
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
+    return _json(status, {"error": message, **extra}, headers)
+
+
+def load_openapi() -> dict[str, Any]:
+    """The OpenAPI document kept in the repository (daemon/api/openapi.yaml)."""
+    text = resources.files("daemon.api").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    doc: dict[str, Any] = yaml.safe_load(text)
+    return doc
+
+
+class ApiGuard:
+    """Authentication, rate limits, roles and the audit record, for one route at a time."""
+
+    def __init__(self, auth: Authenticator, auditor: Auditor, limiter: RateLimiter | None = None) -> None:
+        self.auth = auth
+        self.auditor = auditor
+        self.limiter = limiter or RateLimiter()
+
+    def protect(
+        self,
+        action: Action,
+        operation: str,
+        resource_type: str,
+        handler: Handler,
+        *,
+        audit_success: bool = True,
+        route: str | None = None,
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """Wrap ``handler``. With ``audit_success`` every outcome is recorded, else only refusals.
+
+        A handler may fill ``audit_info()`` with ``request``, ``response`` and
+        ``resource_id`` to enrich its record.
+        """
+
+        async def wrapped(request: web.Request) -> web.Response:
+            started = time.perf_counter()
+            response = await self._guarded(request, action, operation, resource_type, handler, audit_success)
+            label = route or (
+                request.match_info.route.resource.canonical if request.match_info.route.resource else ""
+            )
+            telemetry.HTTP_REQUESTS.labels(route=label, code=str(response.status)).inc()
+            if action == "read":
+                telemetry.QUERY_SECONDS.labels(route=label).observe(time.perf_counter() - started)
+            return response
+
+        return wrapped
+
+    async def _guarded(
+        self,
+        request: web.Request,
+        action: Action,
+        operation: str,
+        resource_type: str,
+        handler: Handler,
+        audit_success: bool,
+    ) -> web.Response:
+        if action == "ingest" and self.auth.open_ingest:
+            return await handler(request, None)
+        found = self.auth.authenticate(request.headers.get("Authorization"))
+        if isinstance(found, AuthFailure):
+            telemetry.AUTH_DENIED.labels(reason=found.reason).inc()
+            await self._record_refusal(
+                request, "authenticate", None, 401, resource_type, found.message, attempted=operation
+            )
+            return error(401, found.message, {"WWW-Authenticate": 'Bearer realm="trailkeeper"'})
+        principal = found
+        wait = self.limiter.take(principal.name, principal.rate_limit)
+        if wait > 0:
+            telemetry.AUTH_DENIED.labels(reason="rate_limited").inc()
+            retry = max(1, math.ceil(wait))
+            return error(
+                429,
+                f"token {principal.name!r} is over its rate limit; retry after {retry} s",
+                {"Retry-After": str(retry)},
+                retry_after=retry,
+            )
+        if not principal.may(action):
+            telemetry.AUTH_DENIED.labels(reason="role").inc()
+            message = f"role {principal.role!r} of token {principal.name!r} may not {action} ({operation})"
+            await self._record_refusal(request, operation, principal, 403, resource_type, message)
+            return error(403, message)
+        info: dict[str, Any] = {}
+        _AUDIT_INFO.set(info)
+        response = await handler(request, principal)
+        if response.status == 403:
+            telemetry.AUTH_DENIED.labels(reason="tenant").inc()
+        if not (audit_success or response.status in (401, 403)):
+            return response
+        trace = self.auditor.trace(
+            operation=operation,
+            principal=principal,
+            source_ip=request.remote,
+            code=response.status,
+            resource_type=resource_type,
+            resource_name=request.path,
+            resource_id=info.get("resource_id"),
+            request=info.get("request", {"method": request.method, "query": dict(request.query)}),
+            response=info.get("response"),
+        )
+        try:
+            await self.auditor.record(trace)
+        except JournalError as exc:
+            # No audit record, no answer: an unrecorded query must not disclose anything.
+            return error(
+                503,
+                f"the request could not be recorded in the audit trail ({exc}); retry later",
+                {"Retry-After": "5"},
+            )
+        return response
+
+    async def _record_refusal(
+        self,
+        request: web.Request,
+        operation: str,
+        principal: Principal | None,
+        code: int,
+        resource_type: str,
+        message: str,
+        attempted: str | None = None,
+    ) -> None:
+        trace = self.auditor.trace(
+            operation=operation,
+            principal=principal,
+            source_ip=request.remote,
+            code=code,
+            resource_type=resource_type,
+            resource_name=request.path,
+            request={"method": request.method, **({"operation": attempted} if attempted else {})},
+            message=message,
+        )
+        try:
+            await self.auditor.record(trace)
+        except JournalError as exc:
+            # The refusal stands either way; losing its record is logged loudly.
+            log.error("audit.refusal_not_recorded", operation=operation, code=code, error=str(exc))
+
+
+class QueryApi:
+    """``GET /v1/events``, ``GET /v1/events/{id}`` and ``GET /openapi.json``."""
+
+    def __init__(self, index: IndexBackend, guard: ApiGuard, proof: ProofProvider | None = None) -> None:
+        self.index = index
+        self.guard = guard
+        self.proof = proof
+        self._openapi = orjson.dumps(load_openapi())
+
+    def add_routes(self, app: web.Application) -> None:
+        g = self.guard
+        app.router.add_get(
+            "/v1/events", g.protect("read", "queryEvents", "events", self.list_events, route="/v1/events")
+        )
+        app.router.add_get(
+            "/v1/events/{event_id}",
+            g.protect("read", "getEvent", "event", self.get_event, route="/v1/events/{event_id}"),
+        )
+        app.router.add_get("/openapi.json", self.openapi)
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    async def list_events(self, request: web.Request, principal: Principal | None) -> web.Response:
+        assert principal is not None
+        params: dict[str, str] = {}
+        for name in request.query:
+            values = request.query.getall(name)
+            if len(values) > 1:
+                return error(400, f"{name}: given {len(values)} times; give each filter once")
+            params[name] = values[0]
+        info = audit_info()
+        info["request"] = {"method": "GET", "filters": params}
+        try:
+            query = Query.from_params(params, principal.tenants)
+        except QueryError as exc:
+            return error(400, str(exc))
+        wanted = query.filters.get("tenant")
+        if wanted is not None and not principal.sees(wanted):
+            return error(403, f"token {principal.name!r} may not read tenant {wanted!r}")
+        try:
+            page = await self.index.search(query)
+        except IndexUnavailable as exc:
+            log.error("api.query_failed", error=str(exc))
+            return error(503, f"the query index is unavailable: {exc}", {"Retry-After": "5"})
+        info["response"] = {"count": len(page.items), "more": page.next_cursor is not None}
+        return _json(200, {"events": page.items, "next_cursor": page.next_cursor})
+
+    async def get_event(self, request: web.Request, principal: Principal | None) -> web.Response:
+        assert principal is not None
+        event_id = request.match_info["event_id"]
+        info = audit_info()
+        info.update(resource_id=event_id[:512], request={"method": "GET", "event_id": event_id[:512]})
+        try:
+            stored = await self.index.get(event_id)
+        except IndexUnavailable as exc:
+            log.error("api.get_failed", error=str(exc))
+            return error(503, f"the query index is unavailable: {exc}", {"Retry-After": "5"})
+        if stored is None:
+            return error(404, f"no event {event_id!r} in the index (it holds recent events only)")
+        if not principal.sees(stored.fields.get("tenant")):
+            return error(403, f"token {principal.name!r} may not read this event's tenant")
+        proof = await self.proof(stored) if self.proof is not None else None
+        try:
+            record: Any = loads_record(stored.record)
+        except ValueError:
+            record = None
+        fields = stored.fields
+        body = {
+            "event": {k: v for k, v in fields.items() if k not in ("category", "severity", "rules")},
+            "classification": {
+                "category": fields.get("category"),
+                "severity": fields.get("severity"),
+                "rules": fields.get("rules", []),
+            },
+            "record": record,
+            "record_text": stored.record.decode("utf-8", errors="replace"),
+            "journal_offset": stored.journal_offset,
+            "source": stored.source,
+            "archive": [loc.to_dict() for loc in stored.locations],
+            "proof": proof,
+        }
+        info["response"] = {"found": True}
+        return _json(200, body)

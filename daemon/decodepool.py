@@ -1,0 +1,110 @@
+"""Decoding in worker processes, so parsing never competes with the event loop for the GIL.
+
+A request body is parsed, checked and turned into journal payloads in a worker;
+the event loop only frames and appends them. Small bodies are decoded inline:
+the round trip to a worker would cost more than the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+from daemon.events import (
+    Decoder,
+    Event,
+    QuarantineItem,
+    encode_event,
+    encode_quarantine,
+    now_ms,
+)
+from daemon.telemetry import get_logger
+
+log = get_logger("decode")
+
+INLINE_BELOW = 64 * 1024
+
+
+@dataclass(slots=True)
+class Decoded:
+    """Journal payloads for one input, in input order, and what was rejected."""
+
+    payloads: list[bytes]
+    accepted: int
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)  # index, reason, detail
+    tenants: list[str | None] = field(default_factory=list)  # of each accepted event, in order
+
+
+def decode_payloads(
+    body: bytes, ndjson: bool | None, max_event_bytes: int, source: str, ref: str | None
+) -> Decoded:
+    """Decode a body into journal payloads; rejected items become quarantine payloads.
+
+    Pure and picklable in both directions: it runs in a worker process.
+    """
+    received = now_ms()
+    items = Decoder(max_event_bytes=max_event_bytes, source=source).decode(body, ndjson=ndjson)
+    payloads: list[bytes] = []
+    rejected: list[tuple[int, str, str]] = []
+    tenants: list[str | None] = []
+    accepted = 0
+    for item in items:
+        if isinstance(item, Event):
+            payloads.append(encode_event(item))
+            tenants.append(item.canonical.get("tenant"))
+            accepted += 1
+        else:
+            rejected.append((item.index, item.reason, item.detail))
+            payloads.append(
+                encode_quarantine(
+                    QuarantineItem(item.raw, item.reason, item.detail, source, received, item.index, ref)
+                )
+            )
+    return Decoded(payloads, accepted, rejected, tenants)
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class DecodePool:
+    """A process pool for decode_payloads, with an inline path for small bodies.
+
+    ``workers=0`` decodes everything inline. A broken pool (a worker killed by
+    the OS) is replaced, and the request that hit it is decoded inline.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # forkserver: never fork a process that runs threads and an event loop.
+            ctx = multiprocessing.get_context("forkserver")
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return self._pool
+
+    async def decode(
+        self, body: bytes, ndjson: bool | None, max_event_bytes: int, source: str, ref: str | None
+    ) -> Decoded:
+        if self.workers <= 0 or len(body) < INLINE_BELOW:
+            return decode_payloads(body, ndjson, max_event_bytes, source, ref)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._executor(), decode_payloads, body, ndjson, max_event_bytes, source, ref
+            )
+        except BrokenProcessPool:
+            log.warning("decode.pool_broken", detail="a decode worker died; starting a new pool")
+            self._pool = None
+            return decode_payloads(body, ndjson, max_event_bytes, source, ref)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

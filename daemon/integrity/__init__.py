@@ -1,0 +1,1 @@
+"""Tamper evidence: RFC 9162 Merkle trees, signed checkpoints, digest chains, validation."""

@@ -1,0 +1,1 @@
+"""Notifications: topics, subscriptions, routes, durable outboxes and delivery workers."""

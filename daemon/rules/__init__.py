@@ -1,0 +1,1 @@
+"""Classification of key operations: event patterns, compiled rules and built-in packs."""

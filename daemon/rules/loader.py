@@ -1,0 +1,274 @@
+"""Rule files: reading, validating, and assembling built-in packs with user files.
+
+A rule file is YAML::
+
+    rules:
+      - id: my.iam-user-deleted          # letters, digits, . _ : -
+        category: high_risk              # high_risk, cost_sensitive, service_sensitive, or your own
+        severity: high                   # info, low, medium, high, critical
+        description: An IAM user was deleted (internal policy SEC-12).
+        tags: [iam]
+        match:                           # an EventBridge-style pattern (see daemon.rules.pattern)
+          service: [iam.amazonaws.com]
+          operation: [DeleteUser]
+        examples:                        # optional; run by `trailkeeper rules test`
+          match: [{eventSource: iam.amazonaws.com, eventName: DeleteUser}]
+          no_match: [{eventSource: iam.amazonaws.com, eventName: GetUser}]
+    disable: [cis.4.3-root-usage]        # optional: rule ids to switch off
+
+A top-level list is read as ``rules``. Built-in packs load first (sorted by file
+name), then ``rules.files`` in order; a rule whose id is already loaded replaces
+it in place. Every problem is reported with the file, the rule id and the key at
+fault; nothing is loaded from a set of files with any problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from daemon.rules.config import RulesConfig
+from daemon.rules.model import SEVERITIES, Rule
+from daemon.rules.pattern import Pattern, PatternError
+
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_CATEGORY_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_RULE_KEYS: Final = ("id", "category", "severity", "description", "tags", "match", "examples")
+_FILE_KEYS: Final = ("rules", "disable", "pack", "description")
+_PACKAGE: Final = "daemon.rules.packs"
+
+
+class RuleLoadError(Exception):
+    """Rules cannot be loaded. ``problems`` lists each one as ``file: rule 'id': key: why``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+    def render(self) -> str:
+        lines = [f"rules: {len(self.problems)} problem(s)"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(slots=True)
+class RuleFile:
+    """One parsed rule file."""
+
+    source: str
+    rules: list[Rule] = field(default_factory=list)
+    disable: list[str] = field(default_factory=list)
+
+
+def _where(source: str, rule_id: Any, index: int) -> str:
+    if isinstance(rule_id, str) and rule_id:
+        return f"{source}: rule {rule_id!r}"
+    return f"{source}: rules[{index}]"
+
+
+def _parse_rule(raw: Any, index: int, source: str, problems: list[str]) -> Rule | None:
+    if not isinstance(raw, dict):
+        problems.append(f"{source}: rules[{index}]: expected a mapping with id, category, ...")
+        return None
+    rule_id = raw.get("id")
+    where = _where(source, rule_id, index)
+    before = len(problems)
+    for key in raw:
+        if key not in _RULE_KEYS:
+            problems.append(f"{where}: {key}: unknown key (known: {', '.join(_RULE_KEYS)})")
+    if not isinstance(rule_id, str) or not _ID_RE.match(rule_id):
+        problems.append(f"{where}: id: required; letters, digits and . _ : - (up to 128 characters)")
+    category = raw.get("category")
+    if not isinstance(category, str) or not _CATEGORY_RE.match(category):
+        problems.append(
+            f"{where}: category: required; lower-case letters, digits and _ "
+            "(high_risk, cost_sensitive, service_sensitive, or your own)"
+        )
+    severity = raw.get("severity")
+    if severity not in SEVERITIES:
+        problems.append(f"{where}: severity: expected one of {', '.join(SEVERITIES)}")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        problems.append(f"{where}: description: expected a string")
+    tags = raw.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        problems.append(f"{where}: tags: expected a list of strings")
+    pattern: Pattern | None = None
+    if "match" not in raw:
+        problems.append(f"{where}: match: required (an event pattern)")
+    else:
+        try:
+            pattern = Pattern(raw["match"], "match")
+        except PatternError as exc:
+            problems.append(f"{where}: {exc.path}: {exc.message}")
+    examples = raw.get("examples", {})
+    match_examples: list[dict[str, Any]] = []
+    no_match_examples: list[dict[str, Any]] = []
+    if not isinstance(examples, dict):
+        problems.append(f"{where}: examples: expected a mapping with match and no_match")
+    else:
+        for key in examples:
+            if key not in ("match", "no_match"):
+                problems.append(f"{where}: examples.{key}: unknown key (known: match, no_match)")
+        for key, bucket in (("match", match_examples), ("no_match", no_match_examples)):
+            items = examples.get(key, [])
+            if not isinstance(items, list):
+                problems.append(f"{where}: examples.{key}: expected a list of events")
+                continue
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    problems.append(f"{where}: examples.{key}[{i}]: expected an event (a mapping)")
+                else:
+                    bucket.append(item)
+    if len(problems) > before or pattern is None:
+        return None
+    assert isinstance(rule_id, str) and isinstance(category, str) and isinstance(severity, str)
+    return Rule(
+        id=rule_id,
+        category=category,
+        severity=severity,
+        description=description,
+        pattern=pattern,
+        tags=tuple(tags),
+        source=source,
+        examples_match=tuple(match_examples),
+        examples_no_match=tuple(no_match_examples),
+    )
+
+
+def parse_rule_text(text: str, source: str) -> RuleFile:
+    """Parse one rule file's text. Raises RuleLoadError listing every problem."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RuleLoadError([f"{source}: not valid YAML: {exc}"]) from exc
+    if doc is None:
+        return RuleFile(source)
+    if isinstance(doc, list):
+        doc = {"rules": doc}
+    if not isinstance(doc, dict):
+        raise RuleLoadError([f"{source}: expected a mapping with rules: [...] or a list of rules"])
+    problems: list[str] = []
+    for key in doc:
+        if key not in _FILE_KEYS:
+            problems.append(f"{source}: {key}: unknown key (known: {', '.join(_FILE_KEYS)})")
+    raw_rules = doc.get("rules", [])
+    if not isinstance(raw_rules, list):
+        problems.append(f"{source}: rules: expected a list of rules")
+        raw_rules = []
+    disable = doc.get("disable", [])
+    if not isinstance(disable, list) or not all(isinstance(d, str) for d in disable):
+        problems.append(f"{source}: disable: expected a list of rule ids")
+        disable = []
+    result = RuleFile(source, disable=list(disable))
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_rules):
+        rule = _parse_rule(raw, i, source, problems)
+        if rule is None:
+            continue
+        if rule.id in seen:
+            problems.append(f"{source}: rule {rule.id!r}: id: defined twice in this file")
+            continue
+        seen.add(rule.id)
+        result.rules.append(rule)
+    if problems:
+        raise RuleLoadError(problems)
+    return result
+
+
+def load_rule_file(path: Path) -> RuleFile:
+    """Read and parse one rule file. Raises RuleLoadError (unreadable file included)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RuleLoadError([f"{path}: cannot read the rule file: {reason}"]) from exc
+    return parse_rule_text(text, str(path))
+
+
+def builtin_pack_names() -> list[str]:
+    """File names of the packs shipped with the package, in load order."""
+    root = resources.files(_PACKAGE)
+    return sorted(p.name for p in root.iterdir() if p.name.endswith((".yaml", ".yml")))
+
+
+def load_builtin_packs() -> list[RuleFile]:
+    root = resources.files(_PACKAGE)
+    files = []
+    for name in builtin_pack_names():
+        text = root.joinpath(name).read_text(encoding="utf-8")
+        files.append(parse_rule_text(text, f"builtin:{name}"))
+    return files
+
+
+def _expand(paths: Iterable[Path]) -> list[Path]:
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        else:
+            out.append(path)
+    return out
+
+
+def assemble(
+    files: Iterable[RuleFile], disable: Iterable[str] = (), *, disable_source: str = "rules.disable"
+) -> list[Rule]:
+    """Merge parsed files in order: later ids replace earlier ones, then disables apply.
+
+    Raises RuleLoadError when two built-in packs share an id or a disable names no rule.
+    """
+    by_id: dict[str, Rule] = {}
+    problems: list[str] = []
+    disables: list[tuple[str, str]] = []
+    for rule_file in files:
+        builtin = rule_file.source.startswith("builtin:")
+        for rule in rule_file.rules:
+            previous = by_id.get(rule.id)
+            if previous is not None and builtin and previous.source.startswith("builtin:"):
+                problems.append(
+                    f"{rule_file.source}: rule {rule.id!r}: id: also defined in {previous.source}"
+                )
+                continue
+            # dict assignment keeps the original position: an override stays where it was.
+            by_id[rule.id] = rule
+        disables += [(rule_file.source, d) for d in rule_file.disable]
+    disables += [(disable_source, d) for d in disable]
+    for source, rule_id in disables:
+        if rule_id not in by_id:
+            problems.append(
+                f"{source}: disable: no rule with id {rule_id!r} "
+                "(see `trailkeeper rules list` for the ids in force)"
+            )
+    if problems:
+        raise RuleLoadError(problems)
+    off = {d for _, d in disables}
+    return [r for r in by_id.values() if r.id not in off]
+
+
+def load_rules(config: RulesConfig) -> list[Rule]:
+    """Every rule in force for a configuration. Blocking (reads files).
+
+    Raises RuleLoadError listing every problem in every file; then nothing is loaded.
+    """
+    problems: list[str] = []
+    files: list[RuleFile] = []
+    if config.builtin:
+        try:
+            files += load_builtin_packs()
+        except RuleLoadError as exc:
+            problems += exc.problems
+    for path in _expand(config.files):
+        try:
+            files.append(load_rule_file(path))
+        except RuleLoadError as exc:
+            problems += exc.problems
+    if problems:
+        raise RuleLoadError(problems)
+    return assemble(files, config.disable)

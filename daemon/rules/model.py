@@ -1,0 +1,61 @@
+"""What a classification rule is, and what a match reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from daemon.rules.pattern import Pattern
+
+SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
+# The categories of the key-event practice; users may add their own next to these.
+KEY_CATEGORIES: Final = ("high_risk", "cost_sensitive", "service_sensitive")
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One rule that matched one event. Immutable: the engine hands out shared instances."""
+
+    rule: str
+    category: str
+    severity: str
+    description: str
+    tags: tuple[str, ...] = ()
+
+    def brief(self) -> dict[str, str]:
+        """The short form printed by ``trailkeeper rules match``."""
+        return {"rule": self.rule, "category": self.category, "severity": self.severity}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "category": self.category,
+            "severity": self.severity,
+            "description": self.description,
+            "tags": list(self.tags),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A compiled rule: its identity, its pattern, and the example events it carries.
+
+    ``source`` names where the rule was defined (a pack name or a file path), for
+    ``rules list`` and for error messages.
+    """
+
+    id: str
+    category: str
+    severity: str
+    description: str
+    pattern: Pattern
+    tags: tuple[str, ...] = ()
+    source: str = ""
+    examples_match: tuple[dict[str, Any], ...] = ()
+    examples_no_match: tuple[dict[str, Any], ...] = ()
+    match: Match = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "match", Match(self.id, self.category, self.severity, self.description, self.tags)
+        )
