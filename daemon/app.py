@@ -1,6 +1,7 @@
 """Wires the components together and owns startup and shutdown.
 
-Shutdown order (SIGTERM or SIGINT): stop intake (close the HTTP listener), let
+Shutdown order (SIGTERM or SIGINT): stop intake (queue sources first: they stop
+pulling and ack only what is durable; then the HTTP listener), let
 every archiver store its open files, commit cursors, close the journal. A
 second signal forces an immediate exit; the journal makes that safe.
 """
@@ -40,6 +41,7 @@ from daemon.journal import Journal
 from daemon.notify import notifier as notify_mod
 from daemon.rules.model import SEVERITIES
 from daemon.rules.ruleset import RuleSet
+from daemon.sources import QueueSource, build_source
 from daemon.sources.http import HttpIngest
 from daemon.stores import build_store
 from daemon.stores.base import Store, StoreError
@@ -89,6 +91,7 @@ class App:
         self.intake = Intake(self.journal)
         self.decode_pool: DecodePool | None = None
         self.archivers: list[Archiver] = []
+        self.sources: list[QueueSource] = []
         self.index: IndexBackend | None = None
         self.indexer: Indexer | None = None
         # Set before start() to classify indexed events (the rule engine) and prove them (integrity).
@@ -188,6 +191,10 @@ class App:
         if notify_mod.enabled(c.notify):
             self.notifier = notify_mod.build(self.journal, c, state_dir, self._public_url(), self.rules)
             await self.notifier.start()
+        for source_config in c.ingest.sources:
+            source = build_source(source_config, self.intake, self.writer_id)
+            await source.start()
+            self.sources.append(source)
         if c.metrics.listen:
             metrics = web.Application()
             metrics.router.add_get("/metrics", self._metrics)
@@ -199,6 +206,7 @@ class App:
             http=f"{split_listen(c.ingest.http.listen)[0]}:{self.http_port}" if c.ingest.http else None,
             metrics_port=self.metrics_port,
             trackers=[t.name for t in c.trackers],
+            sources=[s.name for s in self.sources],
         )
 
     def _public_url(self, config: Config | None = None) -> str:
@@ -282,6 +290,9 @@ class App:
         for archiver in self.archivers:
             if not archiver.healthy:
                 problems.append(f"archive {archiver.d.name}: {archiver.last_error}")
+        for source in self.sources:
+            if not source.healthy:
+                problems.append(f"source {source.name} ({source.type}): {source.last_error}")
         for name, store in self.stores.items():
             try:
                 await asyncio.wait_for(store.check(), timeout=5)
@@ -367,6 +378,8 @@ class App:
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop intake, store open files (waiting up to ``grace`` s for a failing store), close."""
+        await asyncio.gather(*(source.stop() for source in self.sources), return_exceptions=True)
+        self.sources.clear()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

@@ -22,6 +22,7 @@ from daemon.index.base import IndexConfig
 from daemon.integrity.config import IntegrityConfig
 from daemon.notify.config import NotifyConfig
 from daemon.rules.config import RulesConfig
+from daemon.sources import SourceConfig
 from daemon.stores import STORE_TYPES, StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size
@@ -71,6 +72,23 @@ class IngestConfig(Strict):
 
     http: HttpIngestConfig | None = Field(default_factory=HttpIngestConfig)
     """HTTP ingest; null disables the HTTP listener."""
+    sources: list[SourceConfig] = Field(default_factory=list)
+    """Queue sources (sqs, nats, amqp, redis); each message is acked only once its events are durable."""
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> IngestConfig:
+        seen: dict[str, int] = {}
+        for i, source in enumerate(self.sources):
+            name = source.source_name
+            if name == "http":
+                raise ValueError(f"sources[{i}].name: 'http' is the HTTP ingest's name; choose another")
+            if name in seen:
+                raise ValueError(
+                    f"sources[{i}].name: {name!r} is already used by sources[{seen[name]}]; "
+                    "give each source a distinct name (it labels metrics and events)"
+                )
+            seen[name] = i
+        return self
 
 
 class JournalConfig(Strict):

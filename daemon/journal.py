@@ -346,10 +346,27 @@ class Journal:
                 self._kick.set()
 
     def _write_sync(self, frames: list[bytes], nbytes: int, upto: int) -> None:
-        active = self._segments[-1]
-        if active.size > 0 and active.size + nbytes > self.segment_bytes:
-            self._new_segment_sync(active.end)
+        # A group larger than a segment is split across segments: one segment holding a
+        # whole budget's worth could never be released (the active segment is kept), and
+        # intake would stay refused forever once consumers had passed it.
+        offset = upto - len(frames)
+        chunk: list[bytes] = []
+        chunk_bytes = 0
+        for f in frames:
             active = self._segments[-1]
+            if active.size + chunk_bytes > 0 and active.size + chunk_bytes + len(f) > self.segment_bytes:
+                if chunk:
+                    self._write_chunk_sync(chunk, chunk_bytes, offset + len(chunk))
+                    offset += len(chunk)
+                    chunk, chunk_bytes = [], 0
+                self._new_segment_sync(offset)
+            chunk.append(f)
+            chunk_bytes += len(f)
+        if chunk:
+            self._write_chunk_sync(chunk, chunk_bytes, upto)
+
+    def _write_chunk_sync(self, frames: list[bytes], nbytes: int, upto: int) -> None:
+        active = self._segments[-1]
         assert self._fd is not None
         data = b"".join(frames)
         view = memoryview(data)

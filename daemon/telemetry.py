@@ -358,3 +358,65 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
 
 def get_logger(component: str) -> Any:
     return structlog.get_logger(component=component)
+
+# --- queue sources --------------------------------------------------------------------------
+SOURCE_MESSAGES_RECEIVED = Counter(
+    "trailkeeper_source_messages_received_total",
+    "Broker messages received by a queue source (redeliveries included).",
+    ["source"],
+    registry=REGISTRY,
+)
+SOURCE_MESSAGES_ACKED = Counter(
+    "trailkeeper_source_messages_acked_total",
+    "Broker messages acknowledged after their content was durable in the journal.",
+    ["source"],
+    registry=REGISTRY,
+)
+SOURCE_MESSAGES_QUARANTINED = Counter(
+    "trailkeeper_source_messages_quarantined_total",
+    "Broker messages with content quarantined (whole or in part), by the first item's reason.",
+    ["source", "reason"],
+    registry=REGISTRY,
+)
+SOURCE_MESSAGES_REDELIVERED = Counter(
+    "trailkeeper_source_messages_redelivered_total",
+    "Broker messages the broker marked as delivered before.",
+    ["source"],
+    registry=REGISTRY,
+)
+SOURCE_DUPLICATES_DROPPED = Counter(
+    "trailkeeper_source_duplicates_dropped_total",
+    "Items of redelivered messages already durable in the journal, not appended again.",
+    ["source"],
+    registry=REGISTRY,
+)
+SOURCE_ACK_FAILURES = Counter(
+    "trailkeeper_source_ack_failures_total",
+    "Acknowledgements the broker refused or that could not be sent (the message will be redelivered).",
+    ["source"],
+    registry=REGISTRY,
+)
+SOURCE_RECONNECTS = Counter(
+    "trailkeeper_source_reconnects_total",
+    "Times a queue source lost or could not get its broker connection.",
+    ["source"],
+    registry=REGISTRY,
+)
+SOURCE_CONNECTED = Gauge(
+    "trailkeeper_source_connected",
+    "1 while a queue source is connected to its broker.",
+    ["source"],
+    registry=REGISTRY,
+)
+SOURCE_PAUSED = Gauge(
+    "trailkeeper_source_paused",
+    "1 while a queue source holds messages and pulls nothing because the journal is full.",
+    ["source"],
+    registry=REGISTRY,
+)
+SOURCE_CONSUMER_LAG = Gauge(
+    "trailkeeper_source_consumer_lag_messages",
+    "Messages waiting in the broker for this consumer, as the broker reports it.",
+    ["source"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,582 @@
+"""What every queue source shares: decode, make durable, then acknowledge.
+
+The one rule: a broker message is acknowledged only after everything it
+carried is fsynced in the journal (``Intake.submit`` returned), as events or,
+for what cannot be decoded, as quarantine entries with the raw bytes, the
+reason, the source and the message id. A poison message is therefore
+quarantined and then acknowledged: it never blocks the queue and is never lost.
+
+Delivery from a broker is at-least-once. The window between the journal's
+fsync and the broker's acknowledgement (a crash, a dropped connection, an
+expired lease) makes a broker redeliver a message whose events are already
+durable. Each source remembers the ids of the events it made durable
+recently (rebuilt from the journal's tail on start) and drops the events it
+already holds from any later message (brokers do not always mark a copy as
+redelivered), so a redelivery does not become a second copy in the archive.
+Events are deduplicated by event id, as everywhere in the design. Across replicas (another daemon
+picking up an expired lease) this memory is not shared; see DESIGN.md §10.
+
+Back-pressure: when the journal is at its budget (JournalFull) a source keeps
+the messages it holds unacknowledged, stops pulling, keeps their leases alive
+and retries later. Nothing is acknowledged and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
+
+from daemon import telemetry
+from daemon.events import (
+    KIND_EVENT,
+    KIND_QUARANTINE,
+    REASON_TOO_LARGE,
+    Decoder,
+    Event,
+    Rejected,
+    decode_entry,
+)
+from daemon.intake import Intake
+from daemon.journal import Journal, JournalFull, JournalReader
+from daemon.telemetry import get_logger
+from daemon.units import Duration, Size
+
+log = get_logger("ingest.queue")
+
+SOURCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+T = TypeVar("T")
+
+
+class QueueSourceConfig(BaseModel):
+    """Settings every queue source has. ``name`` labels metrics and events (default: the type)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str | None = Field(default=None, pattern=SOURCE_NAME)
+    """Names the source in metrics, logs, quarantine entries and events; default: its type."""
+    max_message_bytes: Size = 8 * 1024**2
+    """A message body over this is not decoded: it is quarantined as too_large and acknowledged."""
+    max_event_bytes: Size = 256 * 1024
+    """One event over this is quarantined (CloudTrail's own limit is 256 KiB)."""
+    quarantine_keep_bytes: Size = 16 * 1024**2
+    """How much of an oversize body the quarantine keeps: up to this the raw bytes are kept whole; beyond
+    it the first bytes, with the full size and SHA-256 in the detail.
+    """
+    dedupe_window: int = Field(default=100_000, ge=0)
+    """Recent event ids remembered (and rebuilt from the journal's tail on start) so a redelivered message
+    does not append its events twice; 0 disables.
+    """
+    reconnect_initial: Duration = 0.2
+    """First delay before reconnecting after the broker is lost; doubles up to reconnect_max."""
+    reconnect_max: Duration = 30.0
+    """Longest delay between reconnection attempts."""
+    pushback_retry: Duration = 1.0
+    """While the journal is full: how often held messages are retried (nothing is pulled, acked or dropped
+    meanwhile).
+    """
+    lag_interval: Duration = 15.0
+    """How often the broker is asked for the consumer's lag (the consumer lag metric)."""
+    stop_timeout: Duration = 10.0
+    """On shutdown, how long to wait for messages in hand to be made durable and acked; later ones stay
+    unacked and are redelivered.
+    """
+
+    @property
+    def source_name(self) -> str:
+        if self.name:
+            return self.name
+        kind = getattr(self, "type", "queue")
+        return str(kind)
+
+
+@dataclass(slots=True)
+class Message:
+    """One broker message as a source sees it. ``handle`` is whatever the broker needs to ack."""
+
+    body: bytes
+    ref: str
+    redelivered: bool
+    handle: Any = None
+    generation: int = 0
+    # Set by a source that already knows the message is unusable (e.g. a stream entry lacking its field).
+    reject: Rejected | None = None
+
+
+@dataclass(slots=True)
+class _Prepared:
+    message: Message
+    items: list[Event | Rejected]
+    keys: list[str] = field(default_factory=list)
+    plain: bool = True  # only events: no quarantine entry needs this message's id
+
+
+class _SeenIds:
+    """Insertion-ordered set with a capacity: the ids of recently journaled items."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: dict[str, None] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, key: str) -> None:
+        if self.capacity <= 0:
+            return
+        self._items[key] = None
+        while len(self._items) > self.capacity:
+            del self._items[next(iter(self._items))]
+
+
+def _quarantine_key(ref: str, index: int | None) -> str:
+    return f"q\x00{ref}\x00{index}"
+
+
+def _event_key(event_id: str) -> str:
+    return f"e\x00{event_id}"
+
+
+def scan_journal_tail(payloads: Sequence[tuple[int, bytes]], source: str) -> list[str]:
+    """Dedupe keys of the entries ``source`` wrote among ``payloads`` (CPU: run in a thread)."""
+    keys: list[str] = []
+    for offset, payload in payloads:
+        try:
+            entry = decode_entry(offset, payload)
+        except (ValueError, KeyError):
+            continue
+        if entry.source != source:
+            continue
+        if entry.kind == KIND_EVENT:
+            ident = entry.canonical.get("id")
+            if ident:
+                keys.append(_event_key(ident))
+        elif entry.kind == KIND_QUARANTINE:
+            meta = orjson.loads(entry.record)
+            if meta.get("ref"):
+                keys.append(_quarantine_key(meta["ref"], meta.get("index")))
+    return keys
+
+
+class SourceStopped(Exception):
+    """The source was asked to stop while it waited."""
+
+
+class QueueSource(ABC):
+    """Base of the queue sources: connection lifecycle, the decode/submit/ack loop, back-pressure.
+
+    Subclasses implement ``connect``, ``disconnect``, ``fetch`` and ``ack``, and may
+    implement ``keepalive`` (extend leases of held messages) and ``consumer_lag``.
+    ``start``/``stop`` are the runtime interface for the app.
+    """
+
+    type: ClassVar[str] = "queue"
+    # Seconds between lease extensions of messages held while their events are made durable;
+    # None when the broker has no lease to extend.
+    keepalive_interval: float | None = None
+    workers: int = 1
+    # Fetch the next batch while the current one is made durable (for brokers whose fetch
+    # is a round trip and whose unacked messages are simply redelivered if dropped).
+    fetch_ahead: bool = False
+
+    def __init__(self, config: QueueSourceConfig, intake: Intake, writer_id: str) -> None:
+        self.config = config
+        self.intake = intake
+        self.writer_id = writer_id
+        self.name = config.source_name
+        self.decoder = Decoder(max_event_bytes=config.max_event_bytes, source=self.name)
+        self.log = get_logger(f"ingest.{self.type}").bind(source=self.name)
+        self.healthy = False
+        self.last_error: str | None = "not connected yet"
+        self.paused = False
+        self.generation = 0
+        self._seen = _SeenIds(config.dedupe_window)
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._progress = False
+        # Refs of messages being made durable right now: a second delivery of one of them
+        # (SQS may hand a message to two receivers) is left alone; the first one's ack settles it.
+        self._inflight: set[str] = set()
+        self._m_received = telemetry.SOURCE_MESSAGES_RECEIVED.labels(source=self.name)
+        self._m_acked = telemetry.SOURCE_MESSAGES_ACKED.labels(source=self.name)
+        self._m_redelivered = telemetry.SOURCE_MESSAGES_REDELIVERED.labels(source=self.name)
+        self._m_duplicates = telemetry.SOURCE_DUPLICATES_DROPPED.labels(source=self.name)
+        self._m_connected = telemetry.SOURCE_CONNECTED.labels(source=self.name)
+        self._m_lag = telemetry.SOURCE_CONSUMER_LAG.labels(source=self.name)
+
+    # --- to implement -------------------------------------------------------------------------
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Connect and make sure the queue/stream/consumer exists. May raise (retried with backoff)."""
+
+    @abstractmethod
+    async def disconnect(self) -> None:
+        """Drop the connection. Must not raise; held messages are left to the broker to redeliver."""
+
+    @abstractmethod
+    async def fetch(self, worker: int) -> list[Message]:
+        """Wait up to a poll interval for messages; [] when there are none. May raise on broker loss."""
+
+    @abstractmethod
+    async def ack(self, messages: list[Message], whole_batch: bool) -> None:
+        """Acknowledge messages whose content is durable. ``whole_batch``: they are every message
+        of the fetched batch, in order. Must never acknowledge a message of an older connection."""
+
+    async def keepalive(self, messages: list[Message]) -> None:  # noqa: B027 - optional hook
+        """Extend the lease of messages still being made durable (default: nothing to extend)."""
+
+    async def consumer_lag(self) -> int | None:
+        """Messages waiting in the broker for this consumer, when the broker reports it."""
+        return None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild the dedupe memory from the journal's tail, then consume in the background."""
+        await self._load_seen(self.intake.journal)
+        self._task = asyncio.create_task(self._run(), name=f"source-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop pulling, finish (or abandon, unacknowledged) what is in hand, disconnect.
+
+        Idempotent. Never acknowledges anything that is not durable: messages still
+        held when ``stop_timeout`` expires stay unacknowledged and the broker redelivers them.
+        """
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=self.config.stop_timeout)
+            except TimeoutError:
+                self.log.warning("source.stop_timeout", timeout=self.config.stop_timeout)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            except Exception as exc:
+                self.log.error("source.failed", error=str(exc))
+        await self.disconnect()
+        self._set_health(False, "stopped")
+
+    async def _load_seen(self, journal: Journal) -> None:
+        window = self.config.dedupe_window
+        if window <= 0:
+            return
+        start = max(journal.start_offset, journal.end_offset - window)
+        reader = JournalReader(journal, start)
+        try:
+            while reader.next_offset < journal.end_offset:
+                chunk = await reader.read(max_entries=10_000, timeout=0)
+                if not chunk:
+                    break
+                for key in await asyncio.to_thread(scan_journal_tail, chunk, self.name):
+                    self._seen.add(key)
+        finally:
+            reader.close()
+        self.log.info("source.dedupe_loaded", entries=len(self._seen), from_offset=start)
+
+    def _set_health(self, healthy: bool, error: str | None) -> None:
+        self.healthy = healthy
+        self.last_error = error
+        self._m_connected.set(1 if healthy else 0)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        self._set_health(False, f"{type(exc).__name__}: {exc}")
+        telemetry.SOURCE_RECONNECTS.labels(source=self.name).inc()
+        self.log.warning(
+            "source.reconnecting",
+            error=str(exc),
+            error_type=type(exc).__name__,
+            attempt=state.attempt_number,
+            retry_in=round(delay, 2),
+        )
+
+    async def _run(self) -> None:
+        # A fresh backoff per outage: a session that made progress returns, and the next
+        # outage starts again from the initial delay.
+        while not self._stopping.is_set():
+            retrying = AsyncRetrying(
+                wait=wait_exponential(multiplier=self.config.reconnect_initial, max=self.config.reconnect_max)
+                + wait_random(0, self.config.reconnect_initial),
+                retry=retry_if_exception(lambda e: isinstance(e, Exception) and not self._stopping.is_set()),
+                sleep=self._sleep,
+                before_sleep=self._before_retry,
+                reraise=True,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._session()
+            except Exception as exc:
+                if not self._stopping.is_set():
+                    raise
+                self.log.info("source.stopped_during_outage", error=str(exc))
+                return
+
+    async def _session(self) -> None:
+        if self._stopping.is_set():
+            return
+        self.generation += 1
+        try:
+            await self.connect()
+            self._set_health(True, None)
+            self.log.info("source.connected", generation=self.generation)
+            self._progress = False
+            lag = asyncio.create_task(self._lag_loop())
+            workers = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
+            try:
+                done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()
+            finally:
+                for task in (*workers, lag):
+                    task.cancel()
+                await asyncio.gather(*workers, lag, return_exceptions=True)
+        except Exception as exc:
+            await self.disconnect()
+            if self._stopping.is_set():
+                return
+            if self._progress:
+                # It worked until now: report, and reconnect at once with a fresh backoff.
+                self._set_health(False, f"{type(exc).__name__}: {exc}")
+                telemetry.SOURCE_RECONNECTS.labels(source=self.name).inc()
+                self.log.warning("source.connection_lost", error=str(exc), error_type=type(exc).__name__)
+                return
+            raise
+
+    async def _until_stopped(self, coro: Awaitable[T]) -> T:
+        """Await ``coro`` unless stop is requested first (then it is cancelled)."""
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise SourceStopped()
+
+    async def _worker(self, index: int) -> None:
+        ahead: asyncio.Future[list[Message]] | None = None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if ahead is not None:
+                        messages = await self._until_stopped(ahead)
+                        ahead = None
+                    else:
+                        messages = await self._until_stopped(self.fetch(index))
+                except SourceStopped:
+                    return
+                if not messages:
+                    continue
+                if self.fetch_ahead and not self.paused:
+                    # Pull the next batch while this one is decoded and fsynced: the network
+                    # round trip hides behind the journal's fsync. At most one batch ahead,
+                    # and none while the journal pushes back.
+                    ahead = asyncio.ensure_future(self.fetch(index))
+                await self._handle(messages)
+        finally:
+            if ahead is not None and not ahead.done():
+                # Its messages, if any arrive, stay unacknowledged: the broker redelivers them.
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
+
+    async def _lag_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                lag = await self.consumer_lag()
+            except Exception as exc:
+                self.log.debug("source.lag_unavailable", error=str(exc))
+            else:
+                if lag is not None:
+                    self._m_lag.set(lag)
+            await self._sleep(self.config.lag_interval)
+
+    # --- the one rule -------------------------------------------------------------------------
+
+    def _too_large(self, message: Message) -> Rejected:
+        size = len(message.body)
+        keep = self.config.quarantine_keep_bytes
+        detail = (
+            f"message body is {size} bytes, over the limit of {self.config.max_message_bytes} "
+            f"(ingest.sources[].max_message_bytes)"
+        )
+        raw = message.body
+        if size > keep:
+            digest = hashlib.sha256(message.body).hexdigest()
+            detail += f"; raw kept: first {keep} bytes of {size}, sha256 of the whole body {digest}"
+            raw = message.body[:keep]
+        return Rejected(0, REASON_TOO_LARGE, detail, raw)
+
+    def _prepare(self, message: Message) -> _Prepared:
+        if message.reject is not None:
+            items: list[Event | Rejected] = [message.reject]
+        elif len(message.body) > self.config.max_message_bytes:
+            items = [self._too_large(message)]
+        else:
+            items = self.decoder.decode(message.body)
+        keep: list[Event | Rejected] = []
+        keys: list[str] = []
+        dropped = 0
+        for item in items:
+            key = _event_key(item.id) if isinstance(item, Event) else _quarantine_key(message.ref, item.index)
+            # Not only for messages the broker marks redelivered: a queue may deliver a copy
+            # without saying so (SQS's at-least-once), and an event id names one event.
+            if key in self._seen:
+                dropped += 1
+                continue
+            keep.append(item)
+            keys.append(key)
+        if dropped:
+            self._m_duplicates.inc(dropped)
+        return _Prepared(message, keep, keys, all(isinstance(i, Event) for i in keep))
+
+    def _units(self, prepared: list[_Prepared]) -> list[list[_Prepared]]:
+        """Group messages into submit calls: runs of event-only messages share one call (their
+        events need no message id), a message with rejected items gets its own (the quarantine
+        entries carry its id). Runs keep delivery order, and stay well under the journal's
+        budget so that a run always fits once consumers catch up."""
+        cap = max(1, min(4 * 1024**2, self.intake.journal.max_bytes // 8))
+        units: list[list[_Prepared]] = []
+        size = 0
+        for p in prepared:
+            n = len(p.message.body)
+            if p.plain and units and units[-1][0].plain and size + n <= cap:
+                units[-1].append(p)
+                size += n
+            else:
+                units.append([p])
+                size = n
+        return units
+
+    async def _submit(self, unit: list[_Prepared]) -> None:
+        items = [i for p in unit for i in p.items]
+        if items:
+            await self.intake.submit(items, self.name, unit[0].message.ref if len(unit) == 1 else None)
+        for p in unit:
+            for key in p.keys:
+                self._seen.add(key)
+            rejected = [i for i in p.items if isinstance(i, Rejected)]
+            if rejected:
+                telemetry.SOURCE_MESSAGES_QUARANTINED.labels(
+                    source=self.name, reason=rejected[0].reason
+                ).inc()
+                self.log.info(
+                    "source.quarantined",
+                    ref=p.message.ref,
+                    items=len(rejected),
+                    reason=rejected[0].reason,
+                    events=len(p.items) - len(rejected),
+                )
+
+    async def _keepalive_loop(self, held: list[Message]) -> None:
+        assert self.keepalive_interval is not None
+        while True:
+            await asyncio.sleep(self.keepalive_interval)
+            try:
+                await self.keepalive(held)
+            except Exception as exc:
+                self.log.warning("source.keepalive_failed", error=str(exc), messages=len(held))
+
+    async def _handle(self, messages: list[Message]) -> None:
+        """Make every message's content durable, then acknowledge it; on JournalFull hold and retry."""
+        self._m_received.inc(len(messages))
+        redelivered = sum(1 for m in messages if m.redelivered)
+        if redelivered:
+            self._m_redelivered.inc(redelivered)
+        twice = [m for m in messages if m.ref in self._inflight]
+        if twice:
+            self._m_duplicates.inc(len(twice))
+            self.log.info("source.concurrent_duplicate_skipped", messages=len(twice), ref=twice[0].ref)
+            messages = [m for m in messages if m.ref not in self._inflight]
+        refs = {m.ref for m in messages}
+        self._inflight |= refs
+        try:
+            await self._handle_owned(messages)
+        finally:
+            self._inflight -= refs
+
+    async def _handle_owned(self, messages: list[Message]) -> None:
+        prepared = [self._prepare(m) for m in messages]
+        held = list(messages)
+        keeper = (
+            asyncio.create_task(self._keepalive_loop(held)) if self.keepalive_interval is not None else None
+        )
+        try:
+            pending = self._units(prepared)
+            first_round = True
+            while pending:
+                # Concurrent submits share the journal's group commit: one fsync for the batch.
+                # gather starts them in order, so journal order follows delivery order.
+                results = await asyncio.gather(*(self._submit(u) for u in pending), return_exceptions=True)
+                durable = [p.message for u, r in zip(pending, results, strict=True) if r is None for p in u]
+                failed = [(u, r) for u, r in zip(pending, results, strict=True) if r is not None]
+                if durable:
+                    await self.ack(durable, whole_batch=first_round and not failed)
+                    self._m_acked.inc(len(durable))
+                    self._progress = True
+                    done = {id(m) for m in durable}
+                    held[:] = [m for m in held if id(m) not in done]
+                for _, exc in failed:
+                    if not isinstance(exc, JournalFull):
+                        assert isinstance(exc, BaseException)
+                        raise exc
+                pending = [p for p, _ in failed]
+                first_round = False
+                if pending:
+                    # Back-pressure: keep holding (unacknowledged, leases extended), pull nothing.
+                    if not self.paused:
+                        self.log.warning(
+                            "source.paused_journal_full",
+                            held=sum(len(u) for u in pending),
+                            error=str(failed[0][1]),
+                        )
+                    self.paused = True
+                    telemetry.SOURCE_PAUSED.labels(source=self.name).set(1)
+                    await self._sleep(self.config.pushback_retry)
+                    if self._stopping.is_set():
+                        self.log.info(
+                            "source.stopped_while_paused", unacknowledged=sum(len(u) for u in pending)
+                        )
+                        return
+            if self.paused:
+                self.paused = False
+                telemetry.SOURCE_PAUSED.labels(source=self.name).set(0)
+                self.log.info("source.resumed")
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "healthy": self.healthy,
+            "paused": self.paused,
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,219 @@
+"""NATS JetStream source: a durable pull consumer with explicit acks.
+
+Several daemons bound to the same durable consumer share its messages (each
+message goes to one of them). A message is acked only once its content is
+durable in the journal; while that takes long (journal full), an in-progress
+signal every third of ``ack_wait`` keeps JetStream from redelivering it.
+``max_ack_pending`` bounds how many messages all the consumer's clients hold
+unacknowledged: JetStream stops delivering beyond it, which is the flow control.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Literal
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import Field, model_validator
+
+from daemon.intake import Intake
+from daemon.sources.base import Message, QueueSource, QueueSourceConfig
+from daemon.units import Duration
+
+
+class NatsSourceConfig(QueueSourceConfig):
+    """``ingest.sources[]`` entry with ``type: nats``."""
+
+    type: Literal["nats"]
+    """A NATS JetStream durable pull consumer."""
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
+    """NATS server URLs."""
+    user: str | None = None
+    """User name, when the server requires one."""
+    password: str | None = None
+    """Password for user."""
+    token: str | None = None
+    """Authentication token, when the server requires one."""
+    stream: str = Field(min_length=1)
+    """The JetStream stream to consume."""
+    create_stream: bool = False
+    """Create the stream (with stream_subjects) when it does not exist."""
+    stream_subjects: list[str] = Field(default_factory=list)
+    """Subjects a stream created by create_stream captures."""
+    consumer: str = Field(default="trailkeeper", min_length=1)
+    """Durable consumer name; replicas using the same name share the messages."""
+    filter_subject: str | None = None
+    """Only messages on this subject (wildcards allowed); null: every subject of the stream."""
+    create_consumer: bool = True
+    """Create the durable consumer when it does not exist."""
+    ack_wait: Duration = 30.0
+    """JetStream redelivers a message not acked within this; held messages get an in-progress signal every
+    third of it.
+    """
+    max_ack_pending: int = Field(default=10_000, ge=1)
+    """Messages delivered and not yet acked, across every replica, before JetStream stops delivering (flow
+    control).
+    """
+    max_deliver: int = -1
+    """Deliveries before JetStream gives up on a message; -1: no limit (nothing dropped)."""
+    batch: int = Field(default=500, ge=1)
+    """Messages per fetch (at most max_ack_pending)."""
+    fetch_timeout: Duration = 1.0
+    """How long one fetch waits for messages."""
+    connect_timeout: Duration = 5.0
+    """How long to wait for a connection."""
+
+    @model_validator(mode="after")
+    def _check(self) -> NatsSourceConfig:
+        if self.batch > self.max_ack_pending:
+            raise ValueError(f"batch ({self.batch}) cannot exceed max_ack_pending ({self.max_ack_pending})")
+        if self.create_stream and not self.stream_subjects:
+            raise ValueError("create_stream needs stream_subjects (the subjects the new stream captures)")
+        if self.ack_wait < 1:
+            raise ValueError("ack_wait must be at least 1s")
+        return self
+
+
+class NatsSource(QueueSource):
+    type = "nats"
+    fetch_ahead = True
+
+    def __init__(self, config: NatsSourceConfig, intake: Intake, writer_id: str) -> None:
+        super().__init__(config, intake, writer_id)
+        self.cfg = config
+        self.keepalive_interval = config.ack_wait / 3
+        self._nc: Any = None
+        self._js: Any = None
+        self._sub: Any = None
+
+    async def connect(self) -> None:
+        c = self.cfg
+        options: dict[str, Any] = {
+            "servers": c.servers,
+            # Reconnection is ours (with backoff and health reporting), not the client's:
+            # messages of a lost connection are then never acked on a new one.
+            "allow_reconnect": False,
+            "connect_timeout": c.connect_timeout,
+            "name": f"trailkeeper {self.writer_id} {self.name}",
+            "error_cb": self._on_error,
+        }
+        if c.user is not None:
+            options["user"] = c.user
+            options["password"] = c.password
+        if c.token is not None:
+            options["token"] = c.token
+        self._nc = await nats.connect(**options)
+        self._js = self._nc.jetstream()
+        await self._ensure_stream()
+        await self._ensure_consumer()
+        self._sub = await self._js.pull_subscribe_bind(durable=c.consumer, stream=c.stream)
+
+    async def _on_error(self, exc: Exception) -> None:
+        self.log.debug("nats.client_error", error=str(exc))
+
+    async def _ensure_stream(self) -> None:
+        c = self.cfg
+        try:
+            await self._js.stream_info(c.stream)
+        except nats.js.errors.NotFoundError:
+            if not c.create_stream:
+                raise RuntimeError(
+                    f"NATS stream {c.stream!r} does not exist: create it, or set create_stream and "
+                    "stream_subjects in this source's config"
+                ) from None
+            await self._js.add_stream(name=c.stream, subjects=c.stream_subjects)
+            self.log.info("nats.stream_created", stream=c.stream, subjects=c.stream_subjects)
+
+    async def _ensure_consumer(self) -> None:
+        c = self.cfg
+        try:
+            info = await self._js.consumer_info(c.stream, c.consumer)
+        except nats.js.errors.NotFoundError:
+            if not c.create_consumer:
+                raise RuntimeError(
+                    f"NATS consumer {c.consumer!r} on stream {c.stream!r} does not exist and "
+                    "create_consumer is false"
+                ) from None
+            await self._js.add_consumer(
+                c.stream,
+                ConsumerConfig(
+                    durable_name=c.consumer,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=c.ack_wait,
+                    max_ack_pending=c.max_ack_pending,
+                    max_deliver=c.max_deliver,
+                    filter_subject=c.filter_subject,
+                ),
+            )
+            self.log.info("nats.consumer_created", stream=c.stream, consumer=c.consumer)
+            return
+        existing = info.config
+        if existing.ack_policy not in (AckPolicy.EXPLICIT, "explicit"):
+            raise RuntimeError(
+                f"NATS consumer {c.consumer!r} does not use explicit acks: "
+                "trailkeeper acks each message only once it is durable; recreate the consumer"
+            )
+        if (existing.filter_subject or None) != c.filter_subject:
+            raise RuntimeError(
+                f"NATS consumer {c.consumer!r} filters {existing.filter_subject!r}, "
+                f"the config says {c.filter_subject!r}: use another consumer name or fix the config"
+            )
+
+    async def disconnect(self) -> None:
+        nc, self._nc, self._sub, self._js = self._nc, None, None, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    def _check_open(self) -> None:
+        if self._nc is None or self._nc.is_closed or not self._nc.is_connected:
+            raise ConnectionError("NATS connection closed")
+
+    async def fetch(self, worker: int) -> list[Message]:
+        self._check_open()
+        try:
+            msgs = await self._sub.fetch(self.cfg.batch, timeout=self.cfg.fetch_timeout)
+        except nats.errors.TimeoutError:
+            self._check_open()
+            return []
+        out: list[Message] = []
+        for msg in msgs:
+            meta = msg.metadata
+            out.append(
+                Message(
+                    body=msg.data,
+                    ref=f"{self.cfg.stream}/{meta.sequence.stream}",
+                    redelivered=meta.num_delivered > 1,
+                    handle=msg,
+                    generation=self.generation,
+                )
+            )
+        return out
+
+    async def ack(self, messages: list[Message], whole_batch: bool) -> None:
+        current = [m for m in messages if m.generation == self.generation]
+        stale = len(messages) - len(current)
+        if stale:
+            # Their connection is gone: JetStream redelivers them after ack_wait, and
+            # the dedupe memory keeps their events from being appended twice.
+            self.log.info("nats.stale_acks_skipped", messages=stale)
+        self._check_open()
+        for m in current:
+            await m.handle.ack()
+        # Acks are plain publishes: one round trip confirms the server has them all.
+        await self._nc.flush(timeout=10)
+
+    async def keepalive(self, messages: list[Message]) -> None:
+        for m in messages:
+            if m.generation == self.generation:
+                await m.handle.in_progress()
+
+    async def consumer_lag(self) -> int | None:
+        if self._js is None:
+            return None
+        info = await self._js.consumer_info(self.cfg.stream, self.cfg.consumer)
+        return int(info.num_pending or 0)

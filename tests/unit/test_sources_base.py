@@ -1,0 +1,177 @@
+"""The queue source rule, with an in-memory broker: ack only what is durable, quarantine poison."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import orjson
+import pytest
+
+from daemon.config import ConfigError, parse_config
+from daemon.events import KIND_QUARANTINE, decode_entry
+from daemon.intake import Intake
+from daemon.journal import Journal
+from daemon.sources.base import Message, QueueSource, QueueSourceConfig
+
+
+class FakeConfig(QueueSourceConfig):
+    type: Literal["fake"] = "fake"
+
+
+class FakeSource(QueueSource):
+    """A broker in memory: ``queue`` to deliver, ``acked`` records what the source acked."""
+
+    type = "fake"
+
+    def __init__(self, config: FakeConfig, intake: Intake) -> None:
+        super().__init__(config, intake, "w1")
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.acked: list[str] = []
+        self.fail_connects = 0
+
+    async def connect(self) -> None:
+        if self.fail_connects:
+            self.fail_connects -= 1
+            raise ConnectionError("broker down")
+
+    async def disconnect(self) -> None:
+        return None
+
+    async def fetch(self, worker: int) -> list[Message]:
+        try:
+            first = await asyncio.wait_for(self.queue.get(), 0.05)
+        except TimeoutError:
+            return []
+        out = [first]
+        while not self.queue.empty():
+            out.append(self.queue.get_nowait())
+        return out
+
+    async def ack(self, messages: list[Message], whole_batch: bool) -> None:
+        self.acked += [m.ref for m in messages]
+
+
+def ev(i: int) -> bytes:
+    return orjson.dumps({"eventSource": "iam.amazonaws.com", "eventName": "CreateUser", "eventID": f"e{i}"})
+
+
+async def entries(journal: Journal) -> list[tuple[int, bytes]]:
+    from daemon.journal import JournalReader
+
+    reader = JournalReader(journal, journal.start_offset)
+    out = await reader.read(100_000, timeout=0)
+    reader.close()
+    return out
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> Journal:
+    j = Journal(tmp_path / "j", max_bytes=1024**2, fsync=False)
+    await j.open()
+    return j
+
+
+async def test_acks_only_after_the_events_are_in_the_journal(journal: Journal) -> None:
+    source = FakeSource(FakeConfig(), Intake(journal))
+    await source.start()
+    for i in range(5):
+        source.queue.put_nowait(Message(ev(i), f"m{i}", False))
+    await until(lambda: len(source.acked) == 5)
+    assert journal.end_offset == 5
+    await source.stop()
+    await journal.close()
+
+
+async def test_poison_is_quarantined_with_ref_then_acked_and_oversize_is_bounded(journal: Journal) -> None:
+    config = FakeConfig(max_message_bytes=100, quarantine_keep_bytes=150)
+    source = FakeSource(config, Intake(journal))
+    await source.start()
+    big = b"x" * 400
+    source.queue.put_nowait(Message(b"{broken", "bad", False))
+    source.queue.put_nowait(Message(big, "big", False))
+    source.queue.put_nowait(Message(ev(1), "good", False))
+    await until(lambda: len(source.acked) == 3)
+    items = [decode_entry(o, p) for o, p in await entries(journal)]
+    quarantined = [orjson.loads(e.record) for e in items if e.kind == KIND_QUARANTINE]
+    assert [(q["ref"], q["reason"]) for q in quarantined] == [("bad", "invalid_json"), ("big", "too_large")]
+    detail = quarantined[1]["detail"]
+    assert "400 bytes" in detail and hashlib.sha256(big).hexdigest() in detail
+    assert len(quarantined[1]["raw_b64"]) == 200  # 150 bytes kept, base64
+    await source.stop()
+    await journal.close()
+
+
+async def test_full_journal_holds_messages_unacked_then_resumes(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", max_bytes=600, fsync=False)
+    await journal.open()
+    source = FakeSource(FakeConfig(pushback_retry=0.05), Intake(journal))
+    await source.start()
+    for i in range(10):
+        source.queue.put_nowait(Message(ev(i), f"m{i}", False))
+    await until(lambda: source.paused)
+    held = 10 - len(source.acked)
+    assert held > 0
+    assert journal.end_offset == len(source.acked)  # acked exactly what is durable
+    journal.max_bytes = 1024**2  # the consumers caught up
+    await until(lambda: len(source.acked) == 10)
+    assert not source.paused
+    assert journal.end_offset == 10
+    await source.stop()
+    await journal.close()
+
+
+async def test_redelivered_copies_are_not_appended_twice_even_after_a_restart(journal: Journal) -> None:
+    source = FakeSource(FakeConfig(), Intake(journal))
+    await source.start()
+    source.queue.put_nowait(Message(ev(1) + b"\n" + ev(2), "m1", False))
+    await until(lambda: len(source.acked) == 1)
+    await source.stop()
+    # A new process: the memory of what is durable comes back from the journal's tail.
+    again = FakeSource(FakeConfig(), Intake(journal))
+    await again.start()
+    again.queue.put_nowait(Message(ev(1) + b"\n" + ev(2) + b"\n" + ev(3), "m1", True))
+    await until(lambda: len(again.acked) == 1)
+    assert journal.end_offset == 3
+    await again.stop()
+    await journal.close()
+
+
+async def test_reconnects_with_backoff_and_reports_health(journal: Journal) -> None:
+    source = FakeSource(FakeConfig(reconnect_initial=0.01, reconnect_max=0.05), Intake(journal))
+    source.fail_connects = 3
+    await source.start()
+    await until(lambda: source.healthy)
+    assert source.last_error is None
+    await source.stop()
+    assert not source.healthy
+    await journal.close()
+
+
+def test_sources_config_is_discriminated_and_names_are_unique() -> None:
+    config = parse_config(
+        "ingest:\n  sources:\n"
+        "    - {type: nats, stream: AUDIT}\n"
+        "    - {type: redis, stream: audit, name: redis-a}\n"
+        "    - {type: sqs, queue_url: 'https://sqs.us-east-1.amazonaws.com/1/q.fifo'}\n"
+        "    - {type: amqp, queue: audit}\n"
+    )
+    assert [s.source_name for s in config.ingest.sources] == ["nats", "redis-a", "sqs", "amqp"]
+    with pytest.raises(ConfigError) as err:
+        parse_config("ingest:\n  sources:\n    - {type: nats, stream: A}\n    - {type: nats, stream: B}\n")
+    assert "sources[1].name" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config("ingest:\n  sources:\n    - {type: nats, stream: A, batch: 10, max_ack_pending: 5}\n")
+    assert "ingest.sources[0]" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config("ingest:\n  sources:\n    - {type: kafka}\n")
+    assert "ingest.sources[0]" in str(err.value)
