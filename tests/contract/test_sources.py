@@ -8,7 +8,7 @@ refuses new ones for a while: to the daemon that is a broker restart, while
 the shared brokers keep serving everyone else (restarting Redis would wipe
 its data, restarting RabbitMQ takes a minute and cuts other users off).
 
-Sizes: ``TK_SOURCES_EVENTS`` (default 20000) events for the kill -9 and
+Sizes: ``TK_SOURCES_EVENTS`` (default 10000) events for the kill -9 and
 scale-out tests; ``TK_SOURCES_EVENTS=100000`` is the full "Must show" size.
 ``TK_SOURCES=nats,redis`` limits the brokers. moto's SQS is slow (tens of
 messages/s once a queue holds thousands), so the SQS heavy tests are capped at
@@ -37,7 +37,7 @@ from tests.contract.source_brokers import Broker, DaemonProcess, TcpProxy, read_
 pytestmark = pytest.mark.integration
 
 DATA = STRATUS
-EVENTS = int(os.environ.get("TK_SOURCES_EVENTS", "20000"))
+EVENTS = int(os.environ.get("TK_SOURCES_EVENTS", "10000"))
 
 
 def event(tag: str, i: int) -> bytes:
