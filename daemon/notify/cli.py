@@ -41,9 +41,8 @@ def _outboxes(state: Path, subscription: str | None) -> list[tuple[str, Path]]:
     return found
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
-    from daemon.notify.outbox import list_dead_sync
-
+def _selected(args: argparse.Namespace) -> list[tuple[str, Path]] | int:
+    """The outboxes the command works on, or the exit code after saying what is wrong."""
     state = _state_dir(args)
     if state is None:
         return 2
@@ -51,6 +50,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.subscription and not boxes:
         print(f"error: no outbox for {args.subscription!r} under {state}/notify", file=sys.stderr)
         return 1
+    return boxes
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from daemon.notify.outbox import list_dead_sync
+
+    boxes = _selected(args)
+    if isinstance(boxes, int):
+        return boxes
     total = 0
     for name, path in boxes:
         for m in list_dead_sync(path):
@@ -75,13 +83,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from daemon.notify.outbox import replay_sync
 
-    state = _state_dir(args)
-    if state is None:
-        return 2
-    boxes = _outboxes(state, args.subscription)
-    if args.subscription and not boxes:
-        print(f"error: no outbox for {args.subscription!r} under {state}/notify", file=sys.stderr)
-        return 1
+    boxes = _selected(args)
+    if isinstance(boxes, int):
+        return boxes
     total = 0
     for _, path in boxes:
         total += replay_sync(path, args.ids or None)
