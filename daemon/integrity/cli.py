@@ -62,6 +62,8 @@ def _verifiers(args: argparse.Namespace, config: Config | None) -> list[Verifier
 def _store_for(args: argparse.Namespace, config: Config) -> tuple[Store, str]:
     from daemon.stores import build_store
 
+    if args.target and args.target.startswith("s3://"):
+        return _s3_target(args, config)
     if args.target:
         return LocalStore(
             "validate", LocalStoreConfig(path=Path(args.target), fsync=False)
@@ -70,6 +72,29 @@ def _store_for(args: argparse.Namespace, config: Config) -> tuple[Store, str]:
     if name not in config.stores:
         raise ConfigError("--store", [f"no store named {name!r} in stores"])
     return build_store(name, config.stores[name]), args.prefix if args.prefix is not None else ""
+
+
+def _s3_target(args: argparse.Namespace, config: Config) -> tuple[Store, str]:
+    """``s3://bucket/prefix``: the bucket with the settings (endpoint, credentials, region)
+    of ``--store`` or of the config's first s3 store; with none, the usual AWS chain."""
+    from daemon.stores import build_store
+    from daemon.stores.s3 import S3StoreConfig
+
+    bucket, _, prefix = args.target.removeprefix("s3://").partition("/")
+    base: S3StoreConfig | None = None
+    if args.store:
+        chosen = config.stores.get(args.store)
+        if not isinstance(chosen, S3StoreConfig):
+            raise ConfigError("--store", [f"no s3 store named {args.store!r} in stores"])
+        base = chosen
+    else:
+        base = next((sc for sc in config.stores.values() if isinstance(sc, S3StoreConfig)), None)
+    settings = (
+        base.model_copy(update={"bucket": bucket, "prefix": ""})
+        if base is not None
+        else S3StoreConfig(type="s3", bucket=bucket)
+    )
+    return build_store("validate", settings), (args.prefix if args.prefix is not None else prefix)
 
 
 async def _validate(args: argparse.Namespace) -> int:
@@ -194,7 +219,11 @@ def register(subparsers: Any) -> None:
     keys.set_defaults(func=_guard(_cmd_keys))
 
     val = subparsers.add_parser("validate", help="check digests, files and the tail of an archive")
-    val.add_argument("target", nargs="?", help="a local archive directory (default: the config's store)")
+    val.add_argument(
+        "target",
+        nargs="?",
+        help="a local archive directory or s3://bucket/prefix (default: the config's store)",
+    )
     val.add_argument("--config", "-c")
     val.add_argument("--store", help="a store name from the config (default: the first tracker's)")
     val.add_argument("--prefix", help="key prefix to validate under")
