@@ -78,7 +78,7 @@ async def archived(session: aiohttp.ClientSession, metrics_url: str) -> int:
     return int(float(m.group(1))) if m else 0
 
 
-async def run(total: int, batch: int, concurrency: int) -> dict[str, object]:
+async def run(total: int, batch: int, concurrency: int, index: bool) -> dict[str, object]:
     records = [record(i) for i in range(total)]
     bodies = [b"\n".join(records[i : i + batch]) for i in range(0, total, batch)]
     raw_bytes = sum(len(r) for r in records)
@@ -93,6 +93,7 @@ async def run(total: int, batch: int, concurrency: int) -> dict[str, object]:
             f"stores:\n  local: {{type: local, path: {tmp}/archive, fsync: true}}\n"
             "trackers:\n  - {name: default, store: local, file: {max_events: 10000, max_age: 1s}}\n"
             f'metrics: {{listen: "127.0.0.1:{metrics_port}"}}\nlog: {{level: warning}}\n'
+            f"index: {{enabled: {'true' if index else 'false'}}}\n"
         )
         proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(cfg)], cwd=ROOT)
         try:
@@ -140,6 +141,7 @@ async def run(total: int, batch: int, concurrency: int) -> dict[str, object]:
         "bench": "ingest",
         "events": total,
         "batch": batch,
+        "query_index": index,
         "events_per_s": round(eps),
         "ingest_only_events_per_s": round(total / ingested),
         "mb_per_s": round(raw_bytes / elapsed / 1e6, 1),
@@ -157,8 +159,13 @@ def main() -> None:
     p.add_argument("--events", type=int, default=300_000)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument(
+        "--index",
+        action="store_true",
+        help="also feed the query index (on in the embedded default; off measures journal + archive)",
+    )
     a = p.parse_args()
-    print(orjson.dumps(asyncio.run(run(a.events, a.batch, a.concurrency))).decode())
+    print(orjson.dumps(asyncio.run(run(a.events, a.batch, a.concurrency, a.index))).decode())
 
 
 if __name__ == "__main__":
