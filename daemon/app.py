@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from daemon.telemetry import get_logger
 log = get_logger("app")
 
 STOP_GRACE_SECONDS = 30.0
+FORCE_AFTER_SECONDS = 1.0  # a second SIGTERM/SIGINT at least this long after the first forces exit
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -108,7 +110,7 @@ class App:
         self.backup: Backup | None = None
         self._runners: list[web.AppRunner] = []
         self._stop_requested = asyncio.Event()
-        self._signals = 0
+        self._first_signal: float | None = None
         self._reloads: set[asyncio.Task[bool]] = set()
         self.http_port: int | None = None
         self.metrics_port: int | None = None
@@ -311,10 +313,16 @@ class App:
         self._stop_requested.set()
 
     def _on_signal(self, signum: int) -> None:
-        self._signals += 1
-        if self._signals > 1:
+        now = time.monotonic()
+        if self._first_signal is not None:
+            # One stop request often arrives twice at once (to the process and to its group,
+            # or from a wrapper that forwards it): only a deliberate second signal forces exit.
+            if now - self._first_signal < FORCE_AFTER_SECONDS:
+                log.info("app.signal_ignored", signal=signal.Signals(signum).name, reason="already stopping")
+                return
             log.warning("app.forced_exit", signal=signal.Signals(signum).name)
             os._exit(128 + signum)
+        self._first_signal = now
         log.info("app.stopping", signal=signal.Signals(signum).name)
         self.request_stop()
 
