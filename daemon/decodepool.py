@@ -104,7 +104,8 @@ class DecodePool:
             self._pool = None
             return decode_payloads(body, ndjson, max_event_bytes, source, ref)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop the workers and wait for them (in a thread), so nothing is left for exit time."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)

@@ -37,6 +37,7 @@ RETRY_INITIAL = 0.5
 RETRY_MAX = 30.0
 REPORT_INTERVAL = 60.0
 COMMIT_INTERVAL = 1.0
+READ_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +197,8 @@ class Archiver:
         while True:
             stopping = self._stopping.is_set()
             timeout = 0.0 if stopping else self._next_timeout()
-            entries = await reader.read(2000, timeout=timeout)
+            # Small reads keep each pass short: the loop also serves ingest and notifications.
+            entries = await reader.read(READ_BATCH, timeout=timeout)
             kind = self.d.kind
             for offset, payload in entries:
                 if payload[0] != kind:

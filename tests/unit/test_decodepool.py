@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import signal
+
+import orjson
+
+from daemon.decodepool import INLINE_BELOW, DecodePool, decode_payloads
+from daemon.events import decode_entry
+
+
+def _body(n: int) -> bytes:
+    recs = [
+        orjson.dumps({"eventSource": "iam.amazonaws.com", "eventName": "CreateUser", "eventID": f"d{i}",
+                      "recipientAccountId": "1", "eventTime": "2024-01-01T00:00:00Z", "pad": "p" * 200})
+        for i in range(n)
+    ]
+    return b"\n".join([*recs, b"{broken"])
+
+
+async def test_workers_give_the_same_payloads_as_inline() -> None:
+    body = _body(400)
+    assert len(body) > INLINE_BELOW  # goes to a worker process
+    pool = DecodePool(1)
+    try:
+        remote = await pool.decode(body, True, 262144, "http", "r1")
+    finally:
+        await pool.close()
+    local = decode_payloads(body, True, 262144, "http", "r1")
+    assert remote.accepted == local.accepted == 400
+    assert [(i, r) for i, r, _ in remote.rejected] == [(400, "invalid_json")]
+    assert len(remote.payloads) == 401
+    # Same entries apart from receive times.
+    for a, b in zip(remote.payloads[:400], local.payloads[:400], strict=True):
+        ea, eb = decode_entry(0, a), decode_entry(0, b)
+        assert (ea.id, ea.record, ea.canonical) == (eb.id, eb.record, eb.canonical)
+
+
+async def test_a_killed_worker_is_replaced_and_the_request_still_decoded() -> None:
+    body = _body(400)
+    pool = DecodePool(1)
+    try:
+        await pool.decode(body, True, 262144, "http", None)
+        executor = pool._pool
+        assert executor is not None
+        for pid in list(executor._processes):  # the OS killing a worker
+            os.kill(pid, signal.SIGKILL)
+        decoded = await pool.decode(body, True, 262144, "http", None)
+        assert decoded.accepted == 400
+        again = await pool.decode(body, True, 262144, "http", None)
+        assert again.accepted == 400
+    finally:
+        await pool.close()
