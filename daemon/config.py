@@ -103,6 +103,17 @@ class JournalConfig(Strict):
     fsync: bool = True
     """Acknowledge only after fsync; turning this off risks losing acknowledged events."""
 
+    @model_validator(mode="after")
+    def _segments_fit(self) -> JournalConfig:
+        # The newest segment is never deleted, and a full journal refuses intake until
+        # usage falls under 90% of the budget: a segment as big as that would never clear.
+        if self.segment_bytes > self.max_bytes // 4:
+            raise ValueError(
+                f"segment_bytes ({self.segment_bytes}) must be at most a quarter of max_bytes "
+                f"({self.max_bytes}); lower segment_bytes or raise max_bytes"
+            )
+        return self
+
 
 class QuarantineConfig(Strict):
     """Where rejected input is kept, with its raw bytes and reason."""

@@ -88,3 +88,10 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     assert (
         "trackers[0].file.max_events" in res.stderr and "trackers[0].file.colour: unknown key" in res.stderr
     )
+
+
+def test_journal_segment_must_fit_the_budget() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("journal: {max_bytes: 100MiB, segment_bytes: 64MiB}\n")
+    assert "journal: segment_bytes" in str(err.value) or "journal" in str(err.value)
+    assert "a quarter of max_bytes" in str(err.value)
