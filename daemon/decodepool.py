@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
+from daemon import procguard
 from daemon.events import (
     Decoder,
     Event,
@@ -86,7 +87,12 @@ class DecodePool:
         if self._pool is None:
             # forkserver: never fork a process that runs threads and an event loop.
             ctx = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            # The forkserver and the workers die with the daemon, kill -9 included.
+            os.environ["TRAILKEEPER_FORKSERVER"] = "1"
+            ctx.set_forkserver_preload(["daemon.procguard"])
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=ctx, initializer=procguard.die_with_parent
+            )
         return self._pool
 
     async def decode(

@@ -151,3 +151,38 @@ async def test_second_signal_forces_exit(tmp_path: Path, daemon_process: Any) ->
     assert d.proc.wait(5) != 0
     assert time.monotonic() - started < 5
     assert any(e.get("event") == "app.forced_exit" for e in d.logs())
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+async def test_kill9_leaves_no_decode_workers_behind(daemon_process: Any) -> None:
+    d = daemon_process()
+    d.start()
+    body = b"\n".join(_record(i) for i in range(200))  # over the inline size: decoded in a worker
+    async with aiohttp.ClientSession() as s, s.post(
+        f"{d.url}/v1/events", data=body, headers={"Content-Type": "application/x-ndjson"}
+    ) as resp:
+        assert resp.status == 202
+    assert d.proc is not None
+    helpers = _descendants(d.proc.pid)
+    assert helpers, "the decode pool should have started its processes"
+    d.kill9()
+    async with asyncio.timeout(10):
+        while any(Path(f"/proc/{p}").exists() for p in helpers):
+            await asyncio.sleep(0.1)
