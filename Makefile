@@ -1,27 +1,16 @@
-# Every target creates its own virtualenv on first use: a fresh machine needs only Python 3.11+.
-PYTHON ?= python3
-VENV ?= .venv
-BIN := $(VENV)/bin
+# Shortcuts for ./dev, which needs nothing but Python 3.11+ and a POSIX shell.
 CONFIG ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test bench clean
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	touch $@
+run:
+	./dev run $(if $(CONFIG),--config $(CONFIG),)
 
-run: $(BIN)/.installed
-	$(BIN)/trailkeeper run $(if $(CONFIG),--config $(CONFIG),)
+test:
+	./dev test
 
-test: $(BIN)/.installed
-	$(BIN)/ruff check daemon tests bench
-	$(BIN)/mypy
-	$(BIN)/pytest -q -n 2 --dist loadfile
-
-bench: $(BIN)/.installed
-	$(BIN)/python bench/ingest.py
+bench:
+	.venv/bin/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf .venv var
