@@ -165,3 +165,58 @@ async def test_commit_beyond_end_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         await j.commit("a", 5)
     await j.close()
+
+
+async def test_reader_returns_entries_larger_than_its_read_chunk(tmp_path: Path) -> None:
+    # Frames are fetched in chunks of about 1 MiB: a bigger entry must come back whole,
+    # between small ones, in every position of a chunk.
+    j = await _open(tmp_path, segment_bytes=16 * 1024 * 1024)
+    big = os.urandom(3 * 1024 * 1024)
+    payloads = [b"s1", big, b"s2", b"x" * 700_000, b"y" * 700_000, big[:1_500_000], b"s3"]
+    await j.append(payloads)
+    r = j.reader("a")
+    got: list[bytes] = []
+    while len(got) < len(payloads):
+        chunk = await r.read(2, timeout=0)
+        assert chunk, "the reader stopped before the end"
+        got.extend(p for _, p in chunk)
+    assert got == payloads
+    await j.close()
+
+
+async def test_damage_inside_a_chunk_is_found_per_entry(tmp_path: Path) -> None:
+    # Two segments: recovery verifies only the newest, so damage in the first reaches the reader.
+    j = await _open(tmp_path, segment_bytes=4000)
+    await j.append([bytes([65 + i % 26]) * 50 for i in range(100)])
+    await j.close()
+    seg = sorted((tmp_path / "segments").glob("*.seg"))[0]
+    data = bytearray(seg.read_bytes())
+    data[40 * (16 + 50) + 16 + 3] ^= 0x01  # a payload byte of entry 40
+    seg.write_bytes(bytes(data))
+    j2 = Journal(tmp_path, max_bytes=64 * 1024 * 1024, segment_bytes=4000)
+    await j2.open(consumers=["a"])
+    r = j2.reader("a")
+    assert len(await r.read(40, timeout=0)) == 40
+    with pytest.raises(JournalError, match="entry 40 is damaged"):
+        await r.read(100, timeout=0)
+    await j2.close()
+
+
+async def test_a_reader_of_one_kind_skips_ranges_without_it(tmp_path: Path) -> None:
+    j = await _open(tmp_path, segment_bytes=1 << 20)
+    await j.append([b"E1", b"E2", b"E3"])
+    # Entries recovered from disk are of unknown kind: they are read, never skipped.
+    await j.close()
+    j = await _open(tmp_path, segment_bytes=1 << 20)
+    r = j.reader("a")
+    assert [p for _, p in await r.read(100, timeout=0, kind=ord("Q"))] == [b"E1", b"E2", b"E3"]
+    await j.append([b"E4", b"E5"])
+    assert await r.read(100, timeout=0, kind=ord("Q")) == []
+    assert r.next_offset == 5  # skipped unread, so the cursor can pass it
+    await j.append([b"E6", b"Qbad", b"E7"])
+    got = await r.read(100, timeout=0, kind=ord("Q"))
+    assert (6, b"Qbad") in got
+    assert r.next_offset == 8
+    # A reader without a kind sees everything.
+    assert len(await _read_all(j, "b")) == 8
+    await j.close()
