@@ -161,6 +161,9 @@ class App:
                 log.error("index.open_failed", backend=self.index.name, error=str(exc))
             self.indexer = Indexer(self.journal, self.index, c.index, self.classify or self._classify)
             self._tasks.append(asyncio.create_task(self._guard(self.indexer.run(), INDEX_CURSOR)))
+        # Worker processes for decoding request bodies and building archive files.
+        workers = c.ingest.http.decode_workers if c.ingest.http else None
+        self.decode_pool = DecodePool(default_workers() if workers is None else workers)
         self.integrity = Integrity(c, self.stores, self.writer_id)
         await self.integrity.start()
         tracker_names = {t.name for t in c.trackers}
@@ -168,7 +171,7 @@ class App:
             listeners: list[Listener] = list(self.integrity.listeners(d.name))
             if self.indexer is not None and d.name in tracker_names:
                 listeners.append(self.indexer.on_stored)
-            archiver = Archiver(self.journal, d, state_dir, listeners)
+            archiver = Archiver(self.journal, d, state_dir, listeners, self.decode_pool.run)
             self.archivers.append(archiver)
             self._tasks.append(asyncio.create_task(self._guard(archiver.run(), d.cursor)))
         self.retention = Retention.from_config(c.retention, c.trackers, self.stores)
@@ -181,8 +184,6 @@ class App:
         api.router.add_get("/healthz", self._healthz)
         api.router.add_get("/readyz", self._readyz)
         if c.ingest.http is not None:
-            workers = c.ingest.http.decode_workers
-            self.decode_pool = DecodePool(default_workers() if workers is None else workers)
             auth = Authenticator(c.auth, c.ingest.http.tokens)
             auditor = Auditor(self.intake, c.auth.audit_tenant, self.writer_id)
             self.guard = ApiGuard(auth, auditor)

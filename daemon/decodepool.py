@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from daemon import procguard
 from daemon.events import (
@@ -28,6 +30,8 @@ from daemon.telemetry import get_logger
 log = get_logger("decode")
 
 INLINE_BELOW = 64 * 1024
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -109,6 +113,22 @@ class DecodePool:
             log.warning("decode.pool_broken", detail="a decode worker died; starting a new pool")
             self._pool = None
             return decode_payloads(body, ndjson, max_event_bytes, source, ref)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a pure, picklable CPU-heavy call in a worker (in a thread when ``workers=0``).
+
+        Used for archive file builds: compression and hashing then never hold the
+        daemon's GIL. A broken pool is replaced and the call runs in a thread.
+        """
+        if self.workers <= 0:
+            return await asyncio.to_thread(fn, *args)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor(), fn, *args)
+        except BrokenProcessPool:
+            log.warning("decode.pool_broken", detail="a worker died; starting a new pool")
+            self._pool = None
+            return await asyncio.to_thread(fn, *args)
 
     async def close(self) -> None:
         """Stop the workers and wait for them (in a thread), so nothing is left for exit time."""

@@ -24,7 +24,7 @@ from daemon import telemetry
 from daemon.archive.fileformat import BuiltFile
 from daemon.archive.keys import Partition
 from daemon.durable import atomic_write
-from daemon.events import Entry, decode_entry
+from daemon.events import KIND_EVENT, Entry, decode_entry, event_header
 from daemon.journal import Journal, JournalReader
 from daemon.stores.base import ObjectConflict, Store, StoreError
 from daemon.telemetry import get_logger
@@ -57,9 +57,14 @@ class StoredFile:
     first_received_ms: int
     oldest_time: str | None
     newest_time: str | None
+    # The records' Merkle leaf hashes and root when the build computed them (else None).
+    leaves: list[bytes] | None = None
+    leaves_root: bytes | None = None
 
 
 Listener = Callable[[StoredFile], Awaitable[None]]
+# Runs a picklable CPU-heavy call elsewhere (a worker process) and returns its result.
+Offload = Callable[[Callable[[list[bytes]], BuiltFile], list[bytes]], Awaitable[BuiltFile]]
 
 
 @dataclass(slots=True)
@@ -77,6 +82,9 @@ class Delivery:
     key: Callable[[Partition, int, int, int], str]  # (partition, first ms, first, last)
     build: Callable[[list[bytes]], BuiltFile]
     max_open_bytes: int = 64 * 1024 * 1024
+    # ``select`` takes every entry of ``kind`` and ``partition`` depends only on tenant,
+    # region and receive day: the archiver may batch events from their fixed header alone.
+    header_only: bool = False
 
     @property
     def cursor(self) -> str:
@@ -152,12 +160,17 @@ class Archiver:
         delivery: Delivery,
         state_dir: Path,
         listeners: list[Listener] | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.journal = journal
         self.d = delivery
+        # Where files are built: a worker process keeps compression and hashing off the
+        # process that serves ingest; without one, a thread.
+        self._offload = offload
         self.state = _State(state_dir / f"{delivery.cursor}.json")
         self.listeners = listeners or []
         self._batches: dict[Partition, _Batch] = {}
+        self._parts: dict[tuple[bytes, bytes, int], tuple[Partition, str]] = {}
         self._open_bytes = 0
         self._dirty = False
         self._flushed = False
@@ -198,12 +211,16 @@ class Archiver:
             stopping = self._stopping.is_set()
             timeout = 0.0 if stopping else self._next_timeout()
             # Small reads keep each pass short: the loop also serves ingest and notifications.
-            entries = await reader.read(READ_BATCH, timeout=timeout)
+            entries = await reader.read(READ_BATCH, timeout=timeout, kind=self.d.kind)
             kind = self.d.kind
+            fast = self.d.header_only and kind == KIND_EVENT
             for offset, payload in entries:
                 if payload[0] != kind:
                     continue  # another consumer's kind of entry: skip without decoding
-                full = self._take(decode_entry(offset, payload))
+                if fast:
+                    full = self._take_event(offset, payload)
+                else:
+                    full = self._take(decode_entry(offset, payload))
                 if full is not None:
                     await self._flush(full)
                 elif self._open_bytes > self.d.max_open_bytes:
@@ -239,6 +256,44 @@ class Archiver:
             return 1.0
         oldest = min(b.opened for b in self._batches.values())
         return max(0.0, min(1.0, oldest + self.d.max_age - time.monotonic()))
+
+    def _take_event(self, offset: int, payload: bytes) -> Partition | None:
+        """``_take`` for an event entry of a ``header_only`` delivery, from its fixed header.
+
+        Same outcome as ``_take(decode_entry(...))``; partitions are cached per
+        (tenant, region, day), so the common case builds no Entry and no key.
+        """
+        received, eid, tenant, region, etime, start = event_header(payload)
+        cache_key = (tenant, region, received // 86_400_000)
+        cached = self._parts.get(cache_key)
+        if cached is None:
+            if len(self._parts) >= 4096:
+                self._parts.clear()
+            part = self.d.partition(decode_entry(offset, payload))
+            cached = self._parts[cache_key] = (part, _part_key(part))
+        part, pkey = cached
+        if offset <= self.state.through.get(pkey, -1):
+            return None  # stored before a crash; the replay must not store it twice
+        batch = self._batches.get(part)
+        if batch is None:
+            batch = _Batch(part, offset, received, time.monotonic())
+            self._batches[part] = batch
+        record = payload[start:]
+        batch.records.append(record)
+        batch.ids.append(eid.decode() if eid else None)
+        batch.received.append(received)
+        batch.nbytes += len(record) + 2
+        self._open_bytes += len(record) + 2
+        batch.last = offset
+        if etime:
+            t = etime.decode()
+            if batch.oldest is None or t < batch.oldest:
+                batch.oldest = t
+            if batch.newest is None or t > batch.newest:
+                batch.newest = t
+        if len(batch.records) >= self.d.max_events or batch.nbytes >= self.d.max_bytes:
+            return part
+        return None
 
     def _take(self, entry: Entry) -> Partition | None:
         """Add an entry to its partition's batch; return the partition if that batch is full."""
@@ -313,7 +368,10 @@ class Archiver:
             self._latency.observe(max(0.0, now - r / 1000))
 
     async def _store(self, key: str, batch: _Batch) -> None:
-        built = await asyncio.to_thread(self.d.build, batch.records)
+        if self._offload is not None:
+            built = await self._offload(self.d.build, batch.records)
+        else:
+            built = await asyncio.to_thread(self.d.build, batch.records)
         delay = RETRY_INITIAL
         attempt_key = key
         while True:
@@ -361,6 +419,8 @@ class Archiver:
             batch.first_ms,
             batch.oldest,
             batch.newest,
+            built.leaves,
+            built.leaves_root,
         )
         log.debug("archive.file_stored", tracker=self.d.name, key=attempt_key, events=len(batch.records))
         for listener in self.listeners:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import zstandard
 
+from daemon.integrity import merkle
+
 HEAD = b'{"Records":[\n'
 TAIL = b"]}\n"
 
@@ -32,6 +34,10 @@ class BuiltFile:
     data: bytes  # the stored (compressed) bytes
     sha256: str  # hex SHA-256 of ``data``
     raw_bytes: int  # uncompressed size
+    # With ``build(..., leaves=True)``: the records' Merkle leaf hashes and their root, so the
+    # integrity recorder need not hash the records again on the daemon's busiest process.
+    leaves: list[bytes] | None = None
+    leaves_root: bytes | None = None
 
 
 def render(records: Sequence[bytes]) -> bytes:
@@ -40,10 +46,13 @@ def render(records: Sequence[bytes]) -> bytes:
     return HEAD + b",\n".join(records) + b"\n" + TAIL
 
 
-def build(records: Sequence[bytes], compression: str = "gzip", level: int = 6) -> BuiltFile:
+def build(
+    records: Sequence[bytes], compression: str = "gzip", level: int = 6, leaves: bool = False
+) -> BuiltFile:
     """Render and compress a file; deterministic for the same records (gzip mtime 0).
 
-    CPU-heavy for large batches: call it from a thread.
+    CPU-heavy for large batches: call it from a thread or a worker process (it is
+    pure and picklable). ``leaves`` also computes the records' Merkle leaf hashes.
     """
     raw = render(records)
     if compression == "gzip":
@@ -55,7 +64,11 @@ def build(records: Sequence[bytes], compression: str = "gzip", level: int = 6) -
         data = raw
     else:
         raise ValueError(f"unknown compression {compression!r}")
-    return BuiltFile(data, hashlib.sha256(data).hexdigest(), len(raw))
+    digest = hashlib.sha256(data).hexdigest()
+    if leaves:
+        hashes = merkle.leaf_hashes(records)
+        return BuiltFile(data, digest, len(raw), hashes, merkle.root_of(hashes))
+    return BuiltFile(data, digest, len(raw))
 
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

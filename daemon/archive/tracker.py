@@ -67,8 +67,11 @@ def tracker_delivery(
         max_age=f.max_age,
         select=select or _match_all,
         partition=_event_partition,
+        header_only=select is None,
         key=key,
-        build=functools.partial(fileformat.build, compression=f.compression, level=f.compression_level),
+        build=functools.partial(
+            fileformat.build, compression=f.compression, level=f.compression_level, leaves=config.verify
+        ),
     )
 
 

@@ -23,6 +23,12 @@ def leaf_hash(data: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + data).digest()
 
 
+def leaf_hashes(records: Sequence[bytes]) -> list[bytes]:
+    """The leaf hash of each record, in order."""
+    sha = hashlib.sha256
+    return [sha(b"\x00" + r).digest() for r in records]
+
+
 def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
@@ -58,8 +64,20 @@ class CompactRange:
         self.size += 1
 
     def extend(self, leaves: Sequence[bytes]) -> None:
+        # ``append`` inlined: this runs once per archived event.
+        hashes = self.hashes
+        push, pop = hashes.append, hashes.pop
+        sha = hashlib.sha256
+        size = self.size
         for leaf in leaves:
-            self.append(leaf)
+            push(leaf)
+            n = size
+            while n & 1:
+                right = pop()
+                push(sha(b"\x01" + pop() + right).digest())
+                n >>= 1
+            size += 1
+        self.size = size
 
     def root(self) -> bytes:
         if not self.hashes:

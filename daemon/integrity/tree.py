@@ -15,7 +15,6 @@ the commit point and extra leaves from a crash in between are cut off.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -117,6 +116,7 @@ class TreeLog:
         leaves: Sequence[bytes],
         oldest: str | None,
         newest: str | None,
+        leaves_root: bytes | None = None,
     ) -> FileEntry:
         """Add a stored file's leaves. Idempotent per key; raises TreeStateError if the
         same key comes back with different bytes."""
@@ -129,7 +129,14 @@ class TreeLog:
                 )
             return known
         entry = FileEntry(
-            key, sha256, size, len(leaves), self.size, merkle.root_of(leaves).hex(), oldest, newest
+            key,
+            sha256,
+            size,
+            len(leaves),
+            self.size,
+            (leaves_root if leaves_root is not None else merkle.root_of(leaves)).hex(),
+            oldest,
+            newest,
         )
         frontier = self.frontier.copy()
         frontier.extend(leaves)
@@ -184,9 +191,7 @@ class TreeLog:
         return None
 
 
-def leaf_hashes(records: Sequence[bytes]) -> list[bytes]:
-    sha = hashlib.sha256
-    return [sha(b"\x00" + r).digest() for r in records]
+leaf_hashes = merkle.leaf_hashes
 
 
 class IntegrityRecorder:
@@ -221,6 +226,8 @@ class IntegrityRecorder:
             stored.records,
             stored.oldest_time,
             stored.newest_time,
+            stored.leaves,
+            stored.leaves_root,
         )
 
     async def file_stored(
@@ -232,9 +239,19 @@ class IntegrityRecorder:
         records: Sequence[bytes],
         oldest: str | None,
         newest: str | None,
+        leaves: list[bytes] | None = None,
+        leaves_root: bytes | None = None,
     ) -> FileEntry:
-        """Record a durably stored file. May raise TreeStateError or OSError (disk)."""
+        """Record a durably stored file. May raise TreeStateError or OSError (disk).
+
+        ``leaves`` and ``leaves_root``, when the archiver's build computed them, must be
+        the leaf hashes of ``records`` and their root; otherwise they are computed here.
+        """
         tree = await self.tree(tracker)
         async with tree.lock:
-            leaves = await asyncio.to_thread(leaf_hashes, records)
-            return await asyncio.to_thread(tree.append_sync, key, sha256, size, leaves, oldest, newest)
+            if leaves is None or len(leaves) != len(records):
+                leaves = await asyncio.to_thread(leaf_hashes, records)
+                leaves_root = None
+            return await asyncio.to_thread(
+                tree.append_sync, key, sha256, size, leaves, oldest, newest, leaves_root
+            )
