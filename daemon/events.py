@@ -432,20 +432,25 @@ class Decoder:
 
     def decode(self, body: bytes, *, ndjson: bool | None = None) -> list[Event | Rejected]:
         """Decode a body; ``ndjson=None`` auto-detects one JSON document versus NDJSON."""
+        return list(self.iter_decode(body, ndjson=ndjson))
+
+    def iter_decode(self, body: bytes, *, ndjson: bool | None = None) -> Iterator[Event | Rejected]:
+        """``decode`` one item at a time, in the same order, so a caller that turns each
+        item into bytes at once never holds a whole body's parsed events."""
         received = now_ms()
         if ndjson is None:
             ndjson = _looks_like_ndjson(body)
         if ndjson:
-            return list(self._decode_lines(body, received))
+            return self._decode_lines(body, received)
         value, bad = _parse_item(body)
         if bad is not None:
             # A body that fails as one document may still be NDJSON without the content type.
             if b"\n" in body.strip():
-                return list(self._decode_lines(body, received))
+                return self._decode_lines(body, received)
             if len(body) > self.max_event_bytes:
                 bad.reason, bad.detail = REASON_TOO_LARGE, self._too_large(len(body))
-            return [bad]
-        return list(self._expand(value, 0, received, raw=None))
+            return iter([bad])
+        return self._expand(value, 0, received, raw=None)
 
     def _too_large(self, size: int) -> str:
         return f"event is {size} bytes, over the limit of {self.max_event_bytes} (max_event_bytes)"
