@@ -140,6 +140,10 @@ class Broker(ABC):
             return await self.outstanding() == 0
         return True
 
+    async def reopen(self) -> None:
+        """Drop the adapter's client and connect again (after the broker process restarted)."""
+        raise NotImplementedError(f"{self.kind}: the tests never restart this broker")
+
     async def delete(self) -> None:  # noqa: B027 - optional hook
         """Remove what ``create`` made (best effort)."""
 
@@ -153,14 +157,22 @@ class NatsBroker(Broker):
     max_body = 1024 * 1024 - 4096  # the server's default max_payload is 1 MiB
 
     async def create(self) -> None:
-        import nats
-
         self.stream = f"TKT{self.unique}"
         self.subject = f"tkt.{self.unique}.events"
         self.consumer = f"tk{self.unique}"
-        self.nc = await nats.connect(f"nats://{self.host}:{self.port}")
-        self.js = self.nc.jetstream()
+        await self._connect()
         await self.js.add_stream(name=self.stream, subjects=[f"tkt.{self.unique}.>"])
+
+    async def _connect(self) -> None:
+        import nats
+
+        # The test's own client must not reconnect by itself behind a broker restart: reopen does.
+        self.nc = await nats.connect(f"nats://{self.host}:{self.port}", allow_reconnect=False)
+        self.js = self.nc.jetstream()
+
+    async def reopen(self) -> None:
+        await self.close()
+        await self._connect()
 
     async def publish(self, bodies: list[bytes]) -> None:
         for start in range(0, len(bodies), 500):
@@ -215,6 +227,13 @@ class RedisBroker(Broker):
         self.r = aioredis.Redis(host=self.host, port=self.port)
         await self.r.ping()
 
+    async def reopen(self) -> None:
+        import redis.asyncio as aioredis
+
+        await self.close()
+        self.r = aioredis.Redis(host=self.host, port=self.port)
+        await self.r.ping()
+
     async def publish(self, bodies: list[bytes]) -> None:
         for start in range(0, len(bodies), 1000):
             pipe = self.r.pipeline(transaction=False)
@@ -262,16 +281,26 @@ class AmqpBroker(Broker):
     kind = "amqp"
     port = 5672
     stats_lag = 6.0  # RabbitMQ's statistics interval is 5 s
+    # How to run rabbitmqctl against this broker's node (a private node names itself, see RabbitNode).
+    ctl: tuple[str, ...] = ("rabbitmqctl",)
+    ctl_env: dict[str, str] | None = None
 
     async def create(self) -> None:
+        self.queue = f"tkt.{self.unique}"
+        await self._connect()
+
+    async def _connect(self) -> None:
         import aio_pika
 
-        self.queue = f"tkt.{self.unique}"
         self.conn = await aio_pika.connect(f"amqp://guest:guest@{self.host}:{self.port}/")
         self.channel = await self.conn.channel(publisher_confirms=True)
         await self.channel.declare_queue(
             self.queue, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 20}
         )
+
+    async def reopen(self) -> None:
+        await self.close()
+        await self._connect()
 
     async def publish(self, bodies: list[bytes]) -> None:
         import aio_pika
@@ -293,7 +322,7 @@ class AmqpBroker(Broker):
         queue = await self.channel.declare_queue(self.queue, passive=True)
         ready = int(queue.declaration_result.message_count)
         proc = await asyncio.create_subprocess_exec(
-            "rabbitmqctl",
+            *self.ctl,
             "list_queues",
             "-q",
             "--no-table-headers",
@@ -301,6 +330,7 @@ class AmqpBroker(Broker):
             "messages_unacknowledged",
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            env=self.ctl_env,
         )
         out, _ = await proc.communicate()
         for line in out.decode().splitlines():
@@ -476,13 +506,14 @@ def read_archive(root: Path) -> tuple[list[bytes], list[dict[str, Any]]]:
 
 
 class DaemonProcess:
-    """``python -m daemon run --config FILE`` as a child process, with its metrics port."""
+    """``python -m daemon run --config FILE`` as a child process, with its metrics (and API) port."""
 
     def __init__(self, config_path: Path, log_path: Path) -> None:
         self.config_path = config_path
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.metrics_port = 0
+        self.http_port = 0  # set when the config enables the HTTP API (/readyz lives there)
 
     async def start(self, timeout: float = 30) -> None:
         import orjson
@@ -510,6 +541,8 @@ class DaemonProcess:
                 doc = orjson.loads(line)
                 if doc.get("event") == "app.started":
                     self.metrics_port = int(doc["metrics_port"])
+                    if doc.get("http"):
+                        self.http_port = int(str(doc["http"]).rsplit(":", 1)[1])
                     break
         self._drain = asyncio.create_task(self._copy(log))
 
@@ -529,6 +562,18 @@ class DaemonProcess:
             if line.startswith(f"{name}{{") and labels in line:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+    async def ready(self) -> tuple[bool, list[str]]:
+        """/readyz: whether the daemon says it is ready, and the problems it names when not."""
+        import aiohttp
+
+        assert self.http_port, "the daemon's config has no HTTP API"
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{self.http_port}/readyz") as r,
+        ):
+            doc = await r.json()
+        return r.status == 200 and bool(doc["ready"]), list(doc["problems"])
 
     async def kill9(self) -> None:
         assert self.proc is not None

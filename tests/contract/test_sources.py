@@ -2,11 +2,12 @@
 
 SQS runs against moto's server on a free loopback port; NATS JetStream,
 RabbitMQ and Redis are the brokers of this machine, with unique
-stream/queue/subject names per test. Broker restarts are played by a TCP
-proxy between the daemon and the broker that drops every connection and
-refuses new ones for a while: to the daemon that is a broker restart, while
-the shared brokers keep serving everyone else (restarting Redis would wipe
-its data, restarting RabbitMQ takes a minute and cuts other users off).
+stream/queue/subject names per test. Here the broker going away is played by
+a TCP proxy between the daemon and the broker that drops every connection and
+refuses new ones for a while, so the shared brokers keep serving everyone else
+(the shared Redis keeps nothing on disk). Real restarts of the broker process,
+on private Redis, NATS and RabbitMQ instances the test starts itself, are in
+test_broker_restarts.py.
 
 Sizes: ``TK_SOURCES_EVENTS`` (default 10000) events for the kill -9 and
 scale-out tests; ``TK_SOURCES_EVENTS=100000`` is the full "Must show" size.
@@ -293,10 +294,14 @@ def _batched(tag: str, total: int, per_message: int) -> list[bytes]:
     return out
 
 
-def _daemon_yaml(tmp: Path, name: str, source: dict[str, Any]) -> Path:
+def _daemon_yaml(tmp: Path, name: str, source: dict[str, Any], api: bool = False) -> Path:
+    """The config of a daemon run as a process: metrics on a free port, info logs; ``api``: also
+    the HTTP API on a free port (for /readyz), parsing in the daemon's own process."""
     doc = yaml.safe_load(app_yaml(tmp / name, source, writer_id=name))
     doc["metrics"] = {"listen": "127.0.0.1:0"}
     doc["log"] = {"level": "info", "format": "json"}
+    if api:
+        doc["ingest"]["http"] = {"listen": "127.0.0.1:0", "decode_workers": 0}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
