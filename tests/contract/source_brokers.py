@@ -362,26 +362,16 @@ class AmqpBroker(Broker):
 
 
 class MotoServer:
-    """moto's S3/SQS API server in its own process on a free loopback port."""
+    """moto's S3/SQS API server in its own process on a free loopback port (moto_server.py)."""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
     def start(self) -> None:
-        # One request at a time: moto's threaded server can hand one SQS message to two
-        # concurrent receivers (its receive is not atomic), which real SQS does not do within
-        # a visibility timeout. Serving serially restores SQS's semantics for the tests.
-        code = (
-            "from werkzeug.serving import make_server\n"
-            "from moto.server import DomainDispatcherApplication, create_backend_app\n"
-            "app = DomainDispatcherApplication(create_backend_app)\n"
-            "s = make_server('127.0.0.1', 0, app, threaded=False)\n"
-            "print(s.server_port, flush=True)\n"
-            "s.serve_forever()\n"
-        )
+        script = Path(__file__).with_name("moto_server.py")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
