@@ -104,8 +104,10 @@ class Broker(ABC):
     binary_bodies = True
     # Seconds the broker's own figures may lag behind (0: exact).
     stats_lag = 0.0
-    # Largest event count the heavy tests use with this broker (None: TK_SOURCES_EVENTS as given).
-    max_events: int | None = None
+    # How the heavy tests (kill -9, scale-out) pack events into messages: this many per message,
+    # as NDJSON, or as a CloudTrail file envelope {"Records": [...]} when ``envelopes``.
+    events_per_message = 10
+    envelopes = False
     # Source settings that make the broker redeliver an unacknowledged message soon, for the
     # tests that cut the daemon off mid-batch.
     quick_redelivery: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
@@ -386,9 +388,11 @@ class SqsBroker(Broker):
     kind = "sqs"
     max_body = 256 * 1024 - 1024  # SQS's own limit
     binary_bodies = False
-    # moto's SQS is slow (tens of messages/s when the queue holds thousands): heavy tests are
-    # sized down for it; they show the same behaviour on fewer messages.
-    max_events: int | None = 3000
+    # moto's SQS serves tens of messages/s once a queue holds thousands, so the heavy tests send
+    # CloudTrail file envelopes: 100 records (about 45 KB) per message keep 100,000 events at
+    # 1,000 messages, well under SQS's 256 KiB.
+    events_per_message = 100
+    envelopes = True
     quick_redelivery: dict[str, Any] = {"visibility_timeout": 8}  # noqa: RUF012
     moto_port = 0
 

@@ -11,9 +11,11 @@ test_broker_restarts.py.
 
 Sizes: ``TK_SOURCES_EVENTS`` (default 10000) events for the kill -9 and
 scale-out tests; ``TK_SOURCES_EVENTS=100000`` is the full "Must show" size.
-``TK_SOURCES=nats,redis`` limits the brokers. moto's SQS is slow (tens of
-messages/s once a queue holds thousands), so the SQS heavy tests are capped at
-3000 events (SqsBroker.max_events).
+``TK_SOURCES=nats,redis`` limits the brokers. Those tests pack 10 events per
+message as NDJSON, and for SQS 100 per message as a CloudTrail file envelope
+{"Records": [...]} (Broker.events_per_message): moto's SQS serves only tens of
+messages/s once a queue holds thousands, so 100,000 events are 1,000 messages
+there (a shape every source accepts, as it accepts one event or an array).
 """
 
 from __future__ import annotations
@@ -287,11 +289,20 @@ async def _positive(broker: Broker) -> bool:
 # --- kill -9 -----------------------------------------------------------------------------------------
 
 
-def _batched(tag: str, total: int, per_message: int) -> list[bytes]:
+def _batched(tag: str, total: int, per_message: int, envelopes: bool = False) -> list[bytes]:
+    """``total`` events, ``per_message`` to a message: NDJSON, or CloudTrail file envelopes."""
     out = []
     for start in range(0, total, per_message):
-        out.append(b"\n".join(event(tag, i) for i in range(start, min(total, start + per_message))))
+        events = [event(tag, i) for i in range(start, min(total, start + per_message))]
+        if envelopes:
+            out.append(b'{"Records":[' + b",".join(events) + b"]}")
+        else:
+            out.append(b"\n".join(events))
     return out
+
+
+def _heavy_bodies(broker: Broker, tag: str, total: int) -> list[bytes]:
+    return _batched(tag, total, broker.events_per_message, broker.envelopes)
 
 
 def _daemon_yaml(tmp: Path, name: str, source: dict[str, Any], api: bool = False) -> Path:
@@ -311,9 +322,8 @@ def _daemon_yaml(tmp: Path, name: str, source: dict[str, Any], api: bool = False
 async def test_kill9_midway_loses_nothing_and_archives_each_event_once(
     broker: Broker, tmp_path: Path
 ) -> None:
-    per_message = 10
-    total = min(EVENTS, broker.max_events or EVENTS)
-    bodies = _batched("k", total, per_message)
+    total = EVENTS
+    bodies = _heavy_bodies(broker, "k", total)
     expected = Counter(f"k-{i:07d}" for i in range(total))
     await broker.publish(bodies)
     source = broker.source_config(**broker.quick_redelivery)
@@ -350,8 +360,8 @@ async def test_two_daemons_share_one_consumer_and_archive_each_event_once(
 ) -> None:
     if broker.kind not in ("nats", "sqs"):
         pytest.skip("scale-out is shown on NATS (one durable consumer) and SQS (one queue)")
-    total = min(EVENTS, broker.max_events or EVENTS)
-    bodies = _batched("s", total, 10)
+    total = EVENTS
+    bodies = _heavy_bodies(broker, "s", total)
     expected = Counter(f"s-{i:07d}" for i in range(total))
     await broker.publish(bodies)
     source = broker.source_config()
