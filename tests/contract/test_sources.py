@@ -363,11 +363,22 @@ async def test_two_daemons_share_one_consumer_and_archive_each_event_once(
     total = EVENTS
     bodies = _heavy_bodies(broker, "s", total)
     expected = Counter(f"s-{i:07d}" for i in range(total))
-    await broker.publish(bodies)
     source = broker.source_config()
+    label = f'source="{source["name"]}"'
     daemons = [DaemonProcess(_daemon_yaml(tmp_path, n, source), tmp_path / f"{n}.log") for n in ("d1", "d2")]
     await asyncio.gather(*(d.start() for d in daemons))
     try:
+        # Both consume before the events arrive, as replicas of a running deployment do: a daemon
+        # that connected first to a full queue could otherwise drain it alone before the other
+        # one pulls at all.
+        for d in daemons:
+            await wait_until(
+                lambda d=d: _metric_at_least(d, "trailkeeper_source_connected", label, 1),
+                30,
+                "both daemons connected",
+                0.1,
+            )
+        await broker.publish(bodies)
         await wait_until(lambda: _zero(broker), 240, "every message acked", 1)
     finally:
         codes = await asyncio.gather(*(d.terminate() for d in daemons))
