@@ -153,7 +153,6 @@ async def test_broker_restart_mid_stream_reconnects_by_itself_and_loses_nothing(
     # While the broker was away the source kept trying, each failed attempt reported.
     retried = _log_events(tmp_path / "d1.log", "source.reconnecting", name)
     assert retried, "no failed reconnection attempt was reported during the outage"
-    assert at_stop < EVENTS
 
 
 async def _at_least(metric: Any, value: float) -> bool:
