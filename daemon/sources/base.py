@@ -335,11 +335,14 @@ class QueueSource(ABC):
         if self._stopping.is_set():
             return
         self.generation += 1
+        # Progress belongs to one session: a connect that fails after an earlier session made
+        # progress is a failed attempt, retried with backoff, not another lost session retried
+        # at once (that would spin on a broker that is down).
+        self._progress = False
         try:
             await self.connect()
             self._set_health(True, None)
             self.log.info("source.connected", generation=self.generation)
-            self._progress = False
             lag = asyncio.create_task(self._lag_loop())
             workers = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
             try:

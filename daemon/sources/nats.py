@@ -88,6 +88,7 @@ class NatsSource(QueueSource):
         self._nc: Any = None
         self._js: Any = None
         self._sub: Any = None
+        self._client_error: str | None = None
 
     async def connect(self) -> None:
         c = self.cfg
@@ -96,6 +97,12 @@ class NatsSource(QueueSource):
             # Reconnection is ours (with backoff and health reporting), not the client's:
             # messages of a lost connection are then never acked on a new one.
             "allow_reconnect": False,
+            # One connect is one attempt: the client would otherwise retry each unreachable server
+            # itself (60 times, 2 s apart: two minutes with nothing but debug logs) before
+            # failing, bypassing the source's backoff, reconnect counter and warnings. It
+            # tries each server at most twice (its minimum), 0.1 s apart.
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0.1,
             "connect_timeout": c.connect_timeout,
             "name": f"trailkeeper {self.writer_id} {self.name}",
             "error_cb": self._on_error,
@@ -105,13 +112,21 @@ class NatsSource(QueueSource):
             options["password"] = c.password
         if c.token is not None:
             options["token"] = c.token
-        self._nc = await nats.connect(**options)
+        self._client_error = None
+        try:
+            self._nc = await nats.connect(**options)
+        except nats.errors.NoServersError:
+            # The client's own error names no server; the last refusal it reported does.
+            raise ConnectionError(
+                f"no NATS server reachable at {', '.join(c.servers)}: {self._client_error}"
+            ) from None
         self._js = self._nc.jetstream()
         await self._ensure_stream()
         await self._ensure_consumer()
         self._sub = await self._js.pull_subscribe_bind(durable=c.consumer, stream=c.stream)
 
     async def _on_error(self, exc: Exception) -> None:
+        self._client_error = f"{type(exc).__name__}: {exc}"
         self.log.debug("nats.client_error", error=str(exc))
 
     async def _ensure_stream(self) -> None:

@@ -104,8 +104,10 @@ class Broker(ABC):
     binary_bodies = True
     # Seconds the broker's own figures may lag behind (0: exact).
     stats_lag = 0.0
-    # Largest event count the heavy tests use with this broker (None: TK_SOURCES_EVENTS as given).
-    max_events: int | None = None
+    # How the heavy tests (kill -9, scale-out) pack events into messages: this many per message,
+    # as NDJSON, or as a CloudTrail file envelope {"Records": [...]} when ``envelopes``.
+    events_per_message = 10
+    envelopes = False
     # Source settings that make the broker redeliver an unacknowledged message soon, for the
     # tests that cut the daemon off mid-batch.
     quick_redelivery: dict[str, Any] = {}  # noqa: RUF012 - read-only class default
@@ -140,6 +142,10 @@ class Broker(ABC):
             return await self.outstanding() == 0
         return True
 
+    async def reopen(self) -> None:
+        """Drop the adapter's client and connect again (after the broker process restarted)."""
+        raise NotImplementedError(f"{self.kind}: the tests never restart this broker")
+
     async def delete(self) -> None:  # noqa: B027 - optional hook
         """Remove what ``create`` made (best effort)."""
 
@@ -153,14 +159,22 @@ class NatsBroker(Broker):
     max_body = 1024 * 1024 - 4096  # the server's default max_payload is 1 MiB
 
     async def create(self) -> None:
-        import nats
-
         self.stream = f"TKT{self.unique}"
         self.subject = f"tkt.{self.unique}.events"
         self.consumer = f"tk{self.unique}"
-        self.nc = await nats.connect(f"nats://{self.host}:{self.port}")
-        self.js = self.nc.jetstream()
+        await self._connect()
         await self.js.add_stream(name=self.stream, subjects=[f"tkt.{self.unique}.>"])
+
+    async def _connect(self) -> None:
+        import nats
+
+        # The test's own client must not reconnect by itself behind a broker restart: reopen does.
+        self.nc = await nats.connect(f"nats://{self.host}:{self.port}", allow_reconnect=False)
+        self.js = self.nc.jetstream()
+
+    async def reopen(self) -> None:
+        await self.close()
+        await self._connect()
 
     async def publish(self, bodies: list[bytes]) -> None:
         for start in range(0, len(bodies), 500):
@@ -215,6 +229,13 @@ class RedisBroker(Broker):
         self.r = aioredis.Redis(host=self.host, port=self.port)
         await self.r.ping()
 
+    async def reopen(self) -> None:
+        import redis.asyncio as aioredis
+
+        await self.close()
+        self.r = aioredis.Redis(host=self.host, port=self.port)
+        await self.r.ping()
+
     async def publish(self, bodies: list[bytes]) -> None:
         for start in range(0, len(bodies), 1000):
             pipe = self.r.pipeline(transaction=False)
@@ -262,16 +283,26 @@ class AmqpBroker(Broker):
     kind = "amqp"
     port = 5672
     stats_lag = 6.0  # RabbitMQ's statistics interval is 5 s
+    # How to run rabbitmqctl against this broker's node (a private node names itself, see RabbitNode).
+    ctl: tuple[str, ...] = ("rabbitmqctl",)
+    ctl_env: dict[str, str] | None = None
 
     async def create(self) -> None:
+        self.queue = f"tkt.{self.unique}"
+        await self._connect()
+
+    async def _connect(self) -> None:
         import aio_pika
 
-        self.queue = f"tkt.{self.unique}"
         self.conn = await aio_pika.connect(f"amqp://guest:guest@{self.host}:{self.port}/")
         self.channel = await self.conn.channel(publisher_confirms=True)
         await self.channel.declare_queue(
             self.queue, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 20}
         )
+
+    async def reopen(self) -> None:
+        await self.close()
+        await self._connect()
 
     async def publish(self, bodies: list[bytes]) -> None:
         import aio_pika
@@ -293,7 +324,7 @@ class AmqpBroker(Broker):
         queue = await self.channel.declare_queue(self.queue, passive=True)
         ready = int(queue.declaration_result.message_count)
         proc = await asyncio.create_subprocess_exec(
-            "rabbitmqctl",
+            *self.ctl,
             "list_queues",
             "-q",
             "--no-table-headers",
@@ -301,6 +332,7 @@ class AmqpBroker(Broker):
             "messages_unacknowledged",
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            env=self.ctl_env,
         )
         out, _ = await proc.communicate()
         for line in out.decode().splitlines():
@@ -332,26 +364,16 @@ class AmqpBroker(Broker):
 
 
 class MotoServer:
-    """moto's S3/SQS API server in its own process on a free loopback port."""
+    """moto's S3/SQS API server in its own process on a free loopback port (moto_server.py)."""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
     def start(self) -> None:
-        # One request at a time: moto's threaded server can hand one SQS message to two
-        # concurrent receivers (its receive is not atomic), which real SQS does not do within
-        # a visibility timeout. Serving serially restores SQS's semantics for the tests.
-        code = (
-            "from werkzeug.serving import make_server\n"
-            "from moto.server import DomainDispatcherApplication, create_backend_app\n"
-            "app = DomainDispatcherApplication(create_backend_app)\n"
-            "s = make_server('127.0.0.1', 0, app, threaded=False)\n"
-            "print(s.server_port, flush=True)\n"
-            "s.serve_forever()\n"
-        )
+        script = Path(__file__).with_name("moto_server.py")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
@@ -366,9 +388,11 @@ class SqsBroker(Broker):
     kind = "sqs"
     max_body = 256 * 1024 - 1024  # SQS's own limit
     binary_bodies = False
-    # moto's SQS is slow (tens of messages/s when the queue holds thousands): heavy tests are
-    # sized down for it; they show the same behaviour on fewer messages.
-    max_events: int | None = 3000
+    # moto's SQS serves tens of messages/s once a queue holds thousands, so the heavy tests send
+    # CloudTrail file envelopes: 100 records (about 45 KB) per message keep 100,000 events at
+    # 1,000 messages, well under SQS's 256 KiB.
+    events_per_message = 100
+    envelopes = True
     quick_redelivery: dict[str, Any] = {"visibility_timeout": 8}  # noqa: RUF012
     moto_port = 0
 
@@ -476,13 +500,14 @@ def read_archive(root: Path) -> tuple[list[bytes], list[dict[str, Any]]]:
 
 
 class DaemonProcess:
-    """``python -m daemon run --config FILE`` as a child process, with its metrics port."""
+    """``python -m daemon run --config FILE`` as a child process, with its metrics (and API) port."""
 
     def __init__(self, config_path: Path, log_path: Path) -> None:
         self.config_path = config_path
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.metrics_port = 0
+        self.http_port = 0  # set when the config enables the HTTP API (/readyz lives there)
 
     async def start(self, timeout: float = 30) -> None:
         import orjson
@@ -510,6 +535,8 @@ class DaemonProcess:
                 doc = orjson.loads(line)
                 if doc.get("event") == "app.started":
                     self.metrics_port = int(doc["metrics_port"])
+                    if doc.get("http"):
+                        self.http_port = int(str(doc["http"]).rsplit(":", 1)[1])
                     break
         self._drain = asyncio.create_task(self._copy(log))
 
@@ -529,6 +556,18 @@ class DaemonProcess:
             if line.startswith(f"{name}{{") and labels in line:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+    async def ready(self) -> tuple[bool, list[str]]:
+        """/readyz: whether the daemon says it is ready, and the problems it names when not."""
+        import aiohttp
+
+        assert self.http_port, "the daemon's config has no HTTP API"
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{self.http_port}/readyz") as r,
+        ):
+            doc = await r.json()
+        return r.status == 200 and bool(doc["ready"]), list(doc["problems"])
 
     async def kill9(self) -> None:
         assert self.proc is not None

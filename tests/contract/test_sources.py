@@ -2,17 +2,20 @@
 
 SQS runs against moto's server on a free loopback port; NATS JetStream,
 RabbitMQ and Redis are the brokers of this machine, with unique
-stream/queue/subject names per test. Broker restarts are played by a TCP
-proxy between the daemon and the broker that drops every connection and
-refuses new ones for a while: to the daemon that is a broker restart, while
-the shared brokers keep serving everyone else (restarting Redis would wipe
-its data, restarting RabbitMQ takes a minute and cuts other users off).
+stream/queue/subject names per test. Here the broker going away is played by
+a TCP proxy between the daemon and the broker that drops every connection and
+refuses new ones for a while, so the shared brokers keep serving everyone else
+(the shared Redis keeps nothing on disk). Real restarts of the broker process,
+on private Redis, NATS and RabbitMQ instances the test starts itself, are in
+test_broker_restarts.py.
 
 Sizes: ``TK_SOURCES_EVENTS`` (default 10000) events for the kill -9 and
 scale-out tests; ``TK_SOURCES_EVENTS=100000`` is the full "Must show" size.
-``TK_SOURCES=nats,redis`` limits the brokers. moto's SQS is slow (tens of
-messages/s once a queue holds thousands), so the SQS heavy tests are capped at
-3000 events (SqsBroker.max_events).
+``TK_SOURCES=nats,redis`` limits the brokers. Those tests pack 10 events per
+message as NDJSON, and for SQS 100 per message as a CloudTrail file envelope
+{"Records": [...]} (Broker.events_per_message): moto's SQS serves only tens of
+messages/s once a queue holds thousands, so 100,000 events are 1,000 messages
+there (a shape every source accepts, as it accepts one event or an array).
 """
 
 from __future__ import annotations
@@ -286,17 +289,30 @@ async def _positive(broker: Broker) -> bool:
 # --- kill -9 -----------------------------------------------------------------------------------------
 
 
-def _batched(tag: str, total: int, per_message: int) -> list[bytes]:
+def _batched(tag: str, total: int, per_message: int, envelopes: bool = False) -> list[bytes]:
+    """``total`` events, ``per_message`` to a message: NDJSON, or CloudTrail file envelopes."""
     out = []
     for start in range(0, total, per_message):
-        out.append(b"\n".join(event(tag, i) for i in range(start, min(total, start + per_message))))
+        events = [event(tag, i) for i in range(start, min(total, start + per_message))]
+        if envelopes:
+            out.append(b'{"Records":[' + b",".join(events) + b"]}")
+        else:
+            out.append(b"\n".join(events))
     return out
 
 
-def _daemon_yaml(tmp: Path, name: str, source: dict[str, Any]) -> Path:
+def _heavy_bodies(broker: Broker, tag: str, total: int) -> list[bytes]:
+    return _batched(tag, total, broker.events_per_message, broker.envelopes)
+
+
+def _daemon_yaml(tmp: Path, name: str, source: dict[str, Any], api: bool = False) -> Path:
+    """The config of a daemon run as a process: metrics on a free port, info logs; ``api``: also
+    the HTTP API on a free port (for /readyz), parsing in the daemon's own process."""
     doc = yaml.safe_load(app_yaml(tmp / name, source, writer_id=name))
     doc["metrics"] = {"listen": "127.0.0.1:0"}
     doc["log"] = {"level": "info", "format": "json"}
+    if api:
+        doc["ingest"]["http"] = {"listen": "127.0.0.1:0", "decode_workers": 0}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -306,9 +322,8 @@ def _daemon_yaml(tmp: Path, name: str, source: dict[str, Any]) -> Path:
 async def test_kill9_midway_loses_nothing_and_archives_each_event_once(
     broker: Broker, tmp_path: Path
 ) -> None:
-    per_message = 10
-    total = min(EVENTS, broker.max_events or EVENTS)
-    bodies = _batched("k", total, per_message)
+    total = EVENTS
+    bodies = _heavy_bodies(broker, "k", total)
     expected = Counter(f"k-{i:07d}" for i in range(total))
     await broker.publish(bodies)
     source = broker.source_config(**broker.quick_redelivery)
@@ -345,14 +360,25 @@ async def test_two_daemons_share_one_consumer_and_archive_each_event_once(
 ) -> None:
     if broker.kind not in ("nats", "sqs"):
         pytest.skip("scale-out is shown on NATS (one durable consumer) and SQS (one queue)")
-    total = min(EVENTS, broker.max_events or EVENTS)
-    bodies = _batched("s", total, 10)
+    total = EVENTS
+    bodies = _heavy_bodies(broker, "s", total)
     expected = Counter(f"s-{i:07d}" for i in range(total))
-    await broker.publish(bodies)
     source = broker.source_config()
+    label = f'source="{source["name"]}"'
     daemons = [DaemonProcess(_daemon_yaml(tmp_path, n, source), tmp_path / f"{n}.log") for n in ("d1", "d2")]
     await asyncio.gather(*(d.start() for d in daemons))
     try:
+        # Both consume before the events arrive, as replicas of a running deployment do: a daemon
+        # that connected first to a full queue could otherwise drain it alone before the other
+        # one pulls at all.
+        for d in daemons:
+            await wait_until(
+                lambda d=d: _metric_at_least(d, "trailkeeper_source_connected", label, 1),
+                30,
+                "both daemons connected",
+                0.1,
+            )
+        await broker.publish(bodies)
         await wait_until(lambda: _zero(broker), 240, "every message acked", 1)
     finally:
         codes = await asyncio.gather(*(d.terminate() for d in daemons))
