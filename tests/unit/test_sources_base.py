@@ -32,8 +32,12 @@ class FakeSource(QueueSource):
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         self.acked: list[str] = []
         self.fail_connects = 0
+        self.connects = 0
+        self.lose_session = False
 
     async def connect(self) -> None:
+        self.connects += 1
+        await asyncio.sleep(0)  # a real connect yields; a source that spins must not hang the test
         if self.fail_connects:
             self.fail_connects -= 1
             raise ConnectionError("broker down")
@@ -42,6 +46,11 @@ class FakeSource(QueueSource):
         return None
 
     async def fetch(self, worker: int) -> list[Message]:
+        if self.lose_session:
+            # The broker goes away for good: this session ends and every reconnect fails.
+            self.lose_session = False
+            self.fail_connects = 10**9
+            raise ConnectionError("connection reset by broker")
         try:
             first = await asyncio.wait_for(self.queue.get(), 0.05)
         except TimeoutError:
@@ -154,6 +163,23 @@ async def test_reconnects_with_backoff_and_reports_health(journal: Journal) -> N
     assert source.last_error is None
     await source.stop()
     assert not source.healthy
+    await journal.close()
+
+
+async def test_a_lost_session_is_retried_with_backoff_not_in_a_tight_loop(journal: Journal) -> None:
+    # After a session that made progress is lost, failed connects must wait out the
+    # backoff; a source that treated each as a fresh loss would retry thousands of times.
+    source = FakeSource(FakeConfig(reconnect_initial=0.1, reconnect_max=0.2), Intake(journal))
+    await source.start()
+    source.queue.put_nowait(Message(ev(1), "m1", False))
+    await until(lambda: source.acked == ["m1"])
+    before = source.connects
+    source.lose_session = True
+    await until(lambda: not source.healthy)
+    await asyncio.sleep(1.0)
+    attempts = source.connects - before
+    assert 1 <= attempts <= 12, f"{attempts} connect attempts in 1 s with a 0.1-0.2 s backoff"
+    await source.stop()
     await journal.close()
 
 
