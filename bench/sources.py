@@ -25,6 +25,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from daemon.decodepool import DecodePool, default_workers
 from daemon.intake import Intake
 from daemon.journal import Journal
 from daemon.sources import build_source
@@ -145,12 +146,17 @@ async def run_source(b: Broker, n: int, journal_dir: Path) -> float:
     journal = Journal(journal_dir, max_bytes=4 * 1024**3)
     await journal.open()
     source = build_source(source_model(b), Intake(journal), "bench")
+    # As in the daemon: large batches of messages are decoded in worker processes.
+    pool = DecodePool(default_workers())
+    source.pool = pool
+    await asyncio.gather(pool.run(int, "0"), pool.run(int, "1"))  # start the workers before the clock
     start = time.perf_counter()
     await source.start()
     await journal.wait_for(n - 1, timeout=None)
     elapsed = time.perf_counter() - start
     await source.stop()
     await journal.close()
+    await pool.close()
     return elapsed
 
 

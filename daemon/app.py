@@ -197,6 +197,7 @@ class App:
             await self.notifier.start()
         for source_config in c.ingest.sources:
             source = build_source(source_config, self.intake, self.writer_id)
+            source.pool = self.decode_pool
             await source.start()
             self.sources.append(source)
         if c.metrics.listen:

@@ -36,14 +36,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
 
 from daemon import telemetry
+from daemon.decodepool import Decoded, DecodedMessage, DecodePool, decode_messages
 from daemon.events import (
     KIND_EVENT,
     KIND_QUARANTINE,
     REASON_TOO_LARGE,
-    Decoder,
-    Event,
+    QuarantineItem,
     Rejected,
     decode_entry,
+    encode_quarantine,
+    now_ms,
 )
 from daemon.intake import Intake
 from daemon.journal import Journal, JournalFull, JournalReader
@@ -115,8 +117,9 @@ class Message:
 @dataclass(slots=True)
 class _Prepared:
     message: Message
-    items: list[Event | Rejected]
+    payloads: list[bytes]  # journal payloads (events, quarantine entries) not seen before
     keys: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # of the rejected items kept
     plain: bool = True  # only events: no quarantine entry needs this message's id
 
 
@@ -196,7 +199,8 @@ class QueueSource(ABC):
         self.intake = intake
         self.writer_id = writer_id
         self.name = config.source_name
-        self.decoder = Decoder(max_event_bytes=config.max_event_bytes, source=self.name)
+        # Set by the app: large batches of messages are decoded in its worker processes.
+        self.pool: DecodePool | None = None
         self.log = get_logger(f"ingest.{self.type}").bind(source=self.name)
         self.healthy = False
         self.last_error: str | None = "not connected yet"
@@ -434,28 +438,54 @@ class QueueSource(ABC):
             raw = message.body[:keep]
         return Rejected(0, REASON_TOO_LARGE, detail, raw)
 
-    def _prepare(self, message: Message) -> _Prepared:
-        if message.reject is not None:
-            items: list[Event | Rejected] = [message.reject]
-        elif len(message.body) > self.config.max_message_bytes:
-            items = [self._too_large(message)]
+    async def _prepare_all(self, messages: list[Message]) -> list[_Prepared]:
+        """Decode every message (in the decode pool when the batch is large) and drop what
+        is already durable."""
+        ordinary = [
+            m for m in messages if m.reject is None and len(m.body) <= self.config.max_message_bytes
+        ]
+        args = [(m.body, m.ref) for m in ordinary]
+        if self.pool is not None:
+            decoded = await self.pool.decode_messages(args, self.config.max_event_bytes, self.name)
         else:
-            items = self.decoder.decode(message.body)
-        keep: list[Event | Rejected] = []
-        keys: list[str] = []
+            decoded = decode_messages(args, self.config.max_event_bytes, self.name)
+        by_message = {id(m): d for m, d in zip(ordinary, decoded, strict=True)}
+        out = []
+        for m in messages:
+            d = by_message.get(id(m))
+            if d is None:
+                d = self._refused(m)
+            out.append(self._dedupe(m, d))
+        return out
+
+    def _refused(self, message: Message) -> DecodedMessage:
+        """A whole message refused before decoding: the source's own reject, or oversize."""
+        item = message.reject if message.reject is not None else self._too_large(message)
+        payload = encode_quarantine(
+            QuarantineItem(item.raw, item.reason, item.detail, self.name, now_ms(), item.index, message.ref)
+        )
+        return DecodedMessage([payload], [None], [item.index], [item.reason])
+
+    def _dedupe(self, message: Message, decoded: DecodedMessage) -> _Prepared:
+        prepared = _Prepared(message, [])
         dropped = 0
-        for item in items:
-            key = _event_key(item.id) if isinstance(item, Event) else _quarantine_key(message.ref, item.index)
+        reasons = iter(decoded.reasons)
+        for payload, ident, index in zip(decoded.payloads, decoded.ids, decoded.indexes, strict=True):
+            key = _event_key(ident) if ident is not None else _quarantine_key(message.ref, index)
+            reason = next(reasons) if ident is None else None
             # Not only for messages the broker marks redelivered: a queue may deliver a copy
             # without saying so (SQS's at-least-once), and an event id names one event.
             if key in self._seen:
                 dropped += 1
                 continue
-            keep.append(item)
-            keys.append(key)
+            prepared.payloads.append(payload)
+            prepared.keys.append(key)
+            if reason is not None:
+                prepared.reasons.append(reason)
+                prepared.plain = False
         if dropped:
             self._m_duplicates.inc(dropped)
-        return _Prepared(message, keep, keys, all(isinstance(i, Event) for i in keep))
+        return prepared
 
     def _units(self, prepared: list[_Prepared]) -> list[list[_Prepared]]:
         """Group messages into submit calls: runs of event-only messages share one call (their
@@ -476,23 +506,26 @@ class QueueSource(ABC):
         return units
 
     async def _submit(self, unit: list[_Prepared]) -> None:
-        items = [i for p in unit for i in p.items]
-        if items:
-            await self.intake.submit(items, self.name, unit[0].message.ref if len(unit) == 1 else None)
+        payloads = [x for p in unit for x in p.payloads]
+        if payloads:
+            rejected = sum(len(p.reasons) for p in unit)
+            decoded = Decoded(
+                payloads,
+                len(payloads) - rejected,
+                [(0, reason, "") for p in unit for reason in p.reasons],
+            )
+            await self.intake.submit_decoded(decoded, self.name)
         for p in unit:
             for key in p.keys:
                 self._seen.add(key)
-            rejected = [i for i in p.items if isinstance(i, Rejected)]
-            if rejected:
-                telemetry.SOURCE_MESSAGES_QUARANTINED.labels(
-                    source=self.name, reason=rejected[0].reason
-                ).inc()
+            if p.reasons:
+                telemetry.SOURCE_MESSAGES_QUARANTINED.labels(source=self.name, reason=p.reasons[0]).inc()
                 self.log.info(
                     "source.quarantined",
                     ref=p.message.ref,
-                    items=len(rejected),
-                    reason=rejected[0].reason,
-                    events=len(p.items) - len(rejected),
+                    items=len(p.reasons),
+                    reason=p.reasons[0],
+                    events=len(p.payloads) - len(p.reasons),
                 )
 
     async def _keepalive_loop(self, held: list[Message]) -> None:
@@ -523,7 +556,7 @@ class QueueSource(ABC):
             self._inflight -= refs
 
     async def _handle_owned(self, messages: list[Message]) -> None:
-        prepared = [self._prepare(m) for m in messages]
+        prepared = await self._prepare_all(messages)
         held = list(messages)
         keeper = (
             asyncio.create_task(self._keepalive_loop(held)) if self.keepalive_interval is not None else None

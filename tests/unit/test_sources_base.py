@@ -201,3 +201,41 @@ def test_sources_config_is_discriminated_and_names_are_unique() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config("ingest:\n  sources:\n    - {type: kafka}\n")
     assert "ingest.sources[0]" in str(err.value)
+
+
+async def test_large_batches_decode_in_the_pool_with_the_same_outcome(tmp_path: Path) -> None:
+    # Over 1 MiB in one fetch goes to a worker process; the journal must hold exactly what
+    # the inline path writes: the events, and the poison message quarantined with its ref.
+    from daemon.decodepool import DecodePool
+
+    lines = [b"\n".join(ev(i * 100 + k) for k in range(100)) for i in range(80)]
+    big = [Message(body + b"\n" + b" " * 12_000, f"m{i}", False) for i, body in enumerate(lines)]
+    poison = Message(b"{not json", "poison", False)
+    outcomes: list[list[tuple[int, str | None, bytes]]] = []
+    for workers in (0, 1):
+        journal = Journal(tmp_path / f"j{workers}", max_bytes=64 * 1024**2, fsync=False)
+        await journal.open()
+        source = FakeSource(FakeConfig(), Intake(journal))
+        pool = DecodePool(workers)
+        source.pool = pool
+        await source.start()
+        for m in [*big[:40], poison, *big[40:]]:
+            source.queue.put_nowait(m)
+        await until(lambda s=source: len(s.acked) == 81, timeout=30)
+        assert (pool._pool is not None) == (workers == 1), "the large batch went to the worker"
+        got = [decode_entry(o, p) for o, p in await entries(journal)]
+        outcomes.append(
+            [
+                (e.kind, orjson.loads(e.record)["ref"], b"")
+                if e.kind == KIND_QUARANTINE
+                else (e.kind, e.id, e.record)
+                for e in got
+            ]
+        )
+        await source.stop()
+        await pool.close()
+        await journal.close()
+    inline, pooled = outcomes
+    assert len(inline) == 8001
+    assert pooled == inline
+    assert (KIND_QUARANTINE, "poison", b"") in pooled
