@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from daemon import procguard
 from daemon.events import (
@@ -75,20 +75,20 @@ def decode_payloads(
     return Decoded(payloads, accepted, rejected, tenants)
 
 
-@dataclass(slots=True)
-class DecodedMessage:
-    """One queue message's journal payloads, in order, with what dedupe needs of each."""
+class DecodedMessages(NamedTuple):
+    """Journal payloads of a batch of queue messages, in order, in flat lists (cheap to
+    send back from a worker): per payload, the index of its message, the event id (None
+    for a rejected item), the item's index in its message and the reason it was rejected
+    (None for an event)."""
 
     payloads: list[bytes]
-    # Per payload: the event id, or None for a rejected item (then ``indexes`` names it).
+    owners: list[int]
     ids: list[str | None]
     indexes: list[int]
-    reasons: list[str]  # of the rejected items, in order
+    reasons: list[str | None]
 
 
-def decode_messages(
-    messages: list[tuple[bytes, str]], max_event_bytes: int, source: str
-) -> list[DecodedMessage]:
+def decode_messages(messages: list[tuple[bytes, str]], max_event_bytes: int, source: str) -> DecodedMessages:
     """Decode queue message bodies (with their refs) into journal payloads.
 
     Pure and picklable: it runs in a worker process for large batches. Rejected
@@ -96,24 +96,25 @@ def decode_messages(
     """
     received = now_ms()
     decoder = Decoder(max_event_bytes=max_event_bytes, source=source)
-    out: list[DecodedMessage] = []
-    for body, ref in messages:
-        d = DecodedMessage([], [], [], [])
+    out = DecodedMessages([], [], [], [], [])
+    payloads, owners, ids, indexes, reasons = out
+    for owner, (body, ref) in enumerate(messages):
         for item in decoder.iter_decode(body):
+            owners.append(owner)
             if isinstance(item, Event):
-                d.payloads.append(encode_event(item))
-                d.ids.append(item.id)
-                d.indexes.append(0)
+                payloads.append(encode_event(item))
+                ids.append(item.id)
+                indexes.append(0)
+                reasons.append(None)
             else:
-                d.payloads.append(
+                payloads.append(
                     encode_quarantine(
                         QuarantineItem(item.raw, item.reason, item.detail, source, received, item.index, ref)
                     )
                 )
-                d.ids.append(None)
-                d.indexes.append(item.index)
-                d.reasons.append(item.reason)
-        out.append(d)
+                ids.append(None)
+                indexes.append(item.index)
+                reasons.append(item.reason)
     return out
 
 
@@ -161,7 +162,7 @@ class DecodePool:
 
     async def decode_messages(
         self, messages: list[tuple[bytes, str]], max_event_bytes: int, source: str
-    ) -> list[DecodedMessage]:
+    ) -> DecodedMessages:
         """``decode_messages`` in a worker, or inline when the batch is small.
 
         Queue batches go to a worker only from 1 MiB: below that, the round trip costs a

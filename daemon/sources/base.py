@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
 
 from daemon import telemetry
-from daemon.decodepool import Decoded, DecodedMessage, DecodePool, decode_messages
+from daemon.decodepool import Decoded, DecodePool, decode_messages
 from daemon.events import (
     KIND_EVENT,
     KIND_QUARANTINE,
@@ -440,49 +440,48 @@ class QueueSource(ABC):
 
     async def _prepare_all(self, messages: list[Message]) -> list[_Prepared]:
         """Decode every message (in the decode pool when the batch is large) and drop what
-        is already durable."""
-        ordinary = [
-            m for m in messages if m.reject is None and len(m.body) <= self.config.max_message_bytes
-        ]
-        args = [(m.body, m.ref) for m in ordinary]
+        is already durable. Keeps delivery order."""
+        prepared = [_Prepared(m, []) for m in messages]
+        limit = self.config.max_message_bytes
+        ordinary = [p for p in prepared if p.message.reject is None and len(p.message.body) <= limit]
+        args = [(p.message.body, p.message.ref) for p in ordinary]
         if self.pool is not None:
             decoded = await self.pool.decode_messages(args, self.config.max_event_bytes, self.name)
         else:
             decoded = decode_messages(args, self.config.max_event_bytes, self.name)
-        by_message = {id(m): d for m, d in zip(ordinary, decoded, strict=True)}
-        out = []
-        for m in messages:
-            d = by_message.get(id(m))
-            if d is None:
-                d = self._refused(m)
-            out.append(self._dedupe(m, d))
-        return out
-
-    def _refused(self, message: Message) -> DecodedMessage:
-        """A whole message refused before decoding: the source's own reject, or oversize."""
-        item = message.reject if message.reject is not None else self._too_large(message)
-        payload = encode_quarantine(
-            QuarantineItem(item.raw, item.reason, item.detail, self.name, now_ms(), item.index, message.ref)
-        )
-        return DecodedMessage([payload], [None], [item.index], [item.reason])
-
-    def _dedupe(self, message: Message, decoded: DecodedMessage) -> _Prepared:
-        prepared = _Prepared(message, [])
+        seen = self._seen
         dropped = 0
-        reasons = iter(decoded.reasons)
-        for payload, ident, index in zip(decoded.payloads, decoded.ids, decoded.indexes, strict=True):
-            key = _event_key(ident) if ident is not None else _quarantine_key(message.ref, index)
-            reason = next(reasons) if ident is None else None
+        for payload, owner, ident, index, reason in zip(*decoded, strict=True):
+            p = ordinary[owner]
+            key = _event_key(ident) if ident is not None else _quarantine_key(p.message.ref, index)
             # Not only for messages the broker marks redelivered: a queue may deliver a copy
             # without saying so (SQS's at-least-once), and an event id names one event.
-            if key in self._seen:
+            if key in seen:
                 dropped += 1
                 continue
-            prepared.payloads.append(payload)
-            prepared.keys.append(key)
+            p.payloads.append(payload)
+            p.keys.append(key)
             if reason is not None:
-                prepared.reasons.append(reason)
-                prepared.plain = False
+                p.reasons.append(reason)
+                p.plain = False
+        for p in prepared:
+            m = p.message
+            if m.reject is None and len(m.body) <= limit:
+                continue
+            # Refused whole, before decoding: the source's own reject, or oversize.
+            item = m.reject if m.reject is not None else self._too_large(m)
+            key = _quarantine_key(m.ref, item.index)
+            if key in seen:
+                dropped += 1
+                continue
+            p.payloads.append(
+                encode_quarantine(
+                    QuarantineItem(item.raw, item.reason, item.detail, self.name, now_ms(), item.index, m.ref)
+                )
+            )
+            p.keys.append(key)
+            p.reasons.append(item.reason)
+            p.plain = False
         if dropped:
             self._m_duplicates.inc(dropped)
         return prepared
