@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import orjson
@@ -114,13 +115,17 @@ class Message:
     reject: Rejected | None = None
 
 
-@dataclass(slots=True)
 class _Prepared:
-    message: Message
-    payloads: list[bytes]  # journal payloads (events, quarantine entries) not seen before
-    keys: list[str] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)  # of the rejected items kept
-    plain: bool = True  # only events: no quarantine entry needs this message's id
+    """One message on its way to the journal (a plain class: one is built per message)."""
+
+    __slots__ = ("keys", "message", "payloads", "plain", "reasons")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.payloads: list[bytes] = []  # journal payloads (events, quarantine entries) not seen before
+        self.keys: list[str] = []
+        self.reasons: list[str] = []  # of the rejected items kept
+        self.plain = True  # only events: no quarantine entry needs this message's id
 
 
 class _SeenIds:
@@ -137,11 +142,17 @@ class _SeenIds:
         return len(self._items)
 
     def add(self, key: str) -> None:
+        self.update((key,))
+
+    def update(self, keys: Iterable[str]) -> None:
         if self.capacity <= 0:
             return
-        self._items[key] = None
-        while len(self._items) > self.capacity:
-            del self._items[next(iter(self._items))]
+        items = self._items
+        items.update(dict.fromkeys(keys))
+        excess = len(items) - self.capacity
+        if excess > 0:
+            for old in list(itertools.islice(items, excess)):
+                del items[old]
 
 
 def _quarantine_key(ref: str, index: int | None) -> str:
@@ -441,7 +452,7 @@ class QueueSource(ABC):
     async def _prepare_all(self, messages: list[Message]) -> list[_Prepared]:
         """Decode every message (in the decode pool when the batch is large) and drop what
         is already durable. Keeps delivery order."""
-        prepared = [_Prepared(m, []) for m in messages]
+        prepared = [_Prepared(m) for m in messages]
         limit = self.config.max_message_bytes
         ordinary = [p for p in prepared if p.message.reject is None and len(p.message.body) <= limit]
         args = [(p.message.body, p.message.ref) for p in ordinary]
@@ -515,8 +526,7 @@ class QueueSource(ABC):
             )
             await self.intake.submit_decoded(decoded, self.name)
         for p in unit:
-            for key in p.keys:
-                self._seen.add(key)
+            self._seen.update(p.keys)
             if p.reasons:
                 telemetry.SOURCE_MESSAGES_QUARANTINED.labels(source=self.name, reason=p.reasons[0]).inc()
                 self.log.info(

@@ -239,3 +239,16 @@ async def test_large_batches_decode_in_the_pool_with_the_same_outcome(tmp_path: 
     assert len(inline) == 8001
     assert pooled == inline
     assert (KIND_QUARANTINE, "poison", b"") in pooled
+
+
+def test_seen_ids_forget_the_oldest_beyond_capacity() -> None:
+    from daemon.sources.base import _SeenIds
+
+    seen = _SeenIds(3)
+    seen.update(["a", "b"])
+    seen.add("c")
+    seen.update(["d", "b", "e"])  # "b" is not refreshed by being seen again
+    assert [k for k in "abcde" if k in seen] == ["c", "d", "e"]
+    off = _SeenIds(0)
+    off.update(["x"])
+    assert "x" not in off and len(off) == 0
