@@ -450,7 +450,20 @@ class Decoder:
             if len(body) > self.max_event_bytes:
                 bad.reason, bad.detail = REASON_TOO_LARGE, self._too_large(len(body))
             return iter([bad])
+        if isinstance(value, dict) and not self._nests_records(value):
+            # One event in the body: a one-line body is kept byte for byte, as an NDJSON
+            # line would be (a multi-line one is re-serialised compact, one record per line).
+            stripped = body.strip()
+            raw = stripped if b"\n" not in stripped else None
+            return iter([self._check(value, 0, received, raw)])
         return self._expand(value, 0, received, raw=None)
+
+    @staticmethod
+    def _nests_records(value: dict[str, Any]) -> bool:
+        """Whether ``_expand`` would look inside this object (an envelope or a CloudEvent)."""
+        return (isinstance(value.get("Records"), list) and not is_cloudtrail_record(value)) or (
+            "specversion" in value and "data" in value
+        )
 
     def _too_large(self, size: int) -> str:
         return f"event is {size} bytes, over the limit of {self.max_event_bytes} (max_event_bytes)"

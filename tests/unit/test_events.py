@@ -102,6 +102,24 @@ def test_ndjson_autodetected_and_exact_line_bytes_kept() -> None:
     assert ev.record == line  # exact bytes, whitespace included
 
 
+def test_a_single_event_body_is_kept_like_an_ndjson_line() -> None:
+    # One line: byte for byte, as the same line in an NDJSON body would be.
+    line = b'  {"eventSource":"s3.amazonaws.com",  "eventName":"DeleteBucket","eventID":"k"}\n'
+    (ev,) = _ok(Decoder().decode(line))
+    assert ev.record == line.strip()
+    # Pretty-printed over several lines: stored compact, so a record stays one line.
+    pretty = json.dumps({"eventSource": "s3.amazonaws.com", "eventName": "DeleteBucket", "eventID": "p"}, indent=2)
+    (ev,) = _ok(Decoder().decode(pretty.encode()))
+    assert ev.record == b'{"eventSource":"s3.amazonaws.com","eventName":"DeleteBucket","eventID":"p"}'
+    # A CR inside the line would break one-record-per-line readers: re-serialised.
+    (ev,) = _ok(Decoder().decode(b'{"eventSource":"s3","eventName":"X",\r"eventID":"c"}'))
+    assert b"\r" not in ev.record
+    # An envelope on one line still yields its records, each indexed by position.
+    rec = {"eventSource": "iam.amazonaws.com", "eventName": "CreateUser"}
+    items = Decoder().decode(orjson.dumps({"Records": [rec, {"x": 1}]}))
+    assert len(_ok(items)) == 1 and [r.index for r in _bad(items)] == [1]
+
+
 def test_missing_identity_fields_and_unknown_shape() -> None:
     items = Decoder().decode(orjson.dumps([{"eventSource": "x"}, {"hello": 1}]))
     reasons = [r.reason for r in _bad(items)]
