@@ -161,14 +161,18 @@ class DecodePool:
             return decode_payloads(body, ndjson, max_event_bytes, source, ref)
 
     async def decode_messages(
-        self, messages: list[tuple[bytes, str]], max_event_bytes: int, source: str
+        self,
+        messages: list[tuple[bytes, str]],
+        max_event_bytes: int,
+        source: str,
+        inline_below: int = MESSAGES_INLINE_BELOW,
     ) -> DecodedMessages:
         """``decode_messages`` in a worker, or inline when the batch is small.
 
         Queue batches go to a worker only from 1 MiB: below that, the round trip costs a
         small-message source more than it saves, and the event loop is held only briefly.
         """
-        if self.workers <= 0 or sum(len(b) for b, _ in messages) < MESSAGES_INLINE_BELOW:
+        if self.workers <= 0 or sum(len(b) for b, _ in messages) < inline_below:
             return decode_messages(messages, max_event_bytes, source)
         loop = asyncio.get_running_loop()
         try:

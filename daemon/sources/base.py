@@ -24,6 +24,7 @@ and retries later. Nothing is acknowledged and nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -37,7 +38,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
 
 from daemon import telemetry
-from daemon.decodepool import Decoded, DecodePool, decode_messages
+from daemon.decodepool import (
+    MESSAGES_INLINE_BELOW,
+    Decoded,
+    DecodedMessages,
+    DecodePool,
+    decode_messages,
+)
 from daemon.events import (
     KIND_EVENT,
     KIND_QUARANTINE,
@@ -113,6 +120,13 @@ class Message:
     generation: int = 0
     # Set by a source that already knows the message is unusable (e.g. a stream entry lacking its field).
     reject: Rejected | None = None
+
+
+# A batch's decodable messages and their journal payloads, before dedupe.
+_Decoded = tuple[list["Message"], DecodedMessages]
+# Batches decoded ahead (while the previous one is made durable) go to a worker from this
+# size: the round trip then hides behind the journal's fsync instead of adding to it.
+AHEAD_INLINE_BELOW = 64 * 1024
 
 
 class _Prepared:
@@ -204,6 +218,9 @@ class QueueSource(ABC):
     # Fetch the next batch while the current one is made durable (for brokers whose fetch
     # is a round trip and whose unacked messages are simply redelivered if dropped).
     fetch_ahead: bool = False
+    # How many batches may be fetched ahead at once: more than one only for brokers whose
+    # concurrent fetches each get their own messages (a Redis consumer group does).
+    fetch_depth: int = 1
 
     def __init__(self, config: QueueSourceConfig, intake: Intake, writer_id: str) -> None:
         self.config = config
@@ -396,31 +413,32 @@ class QueueSource(ABC):
         raise SourceStopped()
 
     async def _worker(self, index: int) -> None:
-        ahead: asyncio.Future[list[Message]] | None = None
+        ahead: collections.deque[asyncio.Future[tuple[list[Message], _Decoded | None]]] = collections.deque()
         try:
             while not self._stopping.is_set():
+                predecoded: _Decoded | None = None
                 try:
-                    if ahead is not None:
-                        messages = await self._until_stopped(ahead)
-                        ahead = None
+                    if ahead:
+                        messages, predecoded = await self._until_stopped(ahead.popleft())
                     else:
                         messages = await self._until_stopped(self.fetch(index))
                 except SourceStopped:
                     return
                 if not messages:
                     continue
-                if self.fetch_ahead and not self.paused:
-                    # Pull the next batch while this one is decoded and fsynced: the network
-                    # round trip hides behind the journal's fsync. At most one batch ahead,
-                    # and none while the journal pushes back.
-                    ahead = asyncio.ensure_future(self.fetch(index))
-                await self._handle(messages)
+                while self.fetch_ahead and not self.paused and len(ahead) < self.fetch_depth:
+                    # Pull (and decode, in a worker process) the next batches while this one
+                    # is made durable: round trips and parsing hide behind the journal's
+                    # fsync. None while the journal pushes back.
+                    ahead.append(asyncio.ensure_future(self._fetch_decoded(index)))
+                await self._handle(messages, predecoded)
         finally:
-            if ahead is not None and not ahead.done():
-                # Its messages, if any arrive, stay unacknowledged: the broker redelivers them.
-                ahead.cancel()
+            for future in ahead:
+                if not future.done():
+                    # Its messages, if any arrive, stay unacknowledged: the broker redelivers them.
+                    future.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await ahead
+                    await future
 
     async def _lag_loop(self) -> None:
         while not self._stopping.is_set():
@@ -449,17 +467,45 @@ class QueueSource(ABC):
             raw = message.body[:keep]
         return Rejected(0, REASON_TOO_LARGE, detail, raw)
 
-    async def _prepare_all(self, messages: list[Message]) -> list[_Prepared]:
-        """Decode every message (in the decode pool when the batch is large) and drop what
-        is already durable. Keeps delivery order."""
-        prepared = [_Prepared(m) for m in messages]
+    def _decodable(self, messages: list[Message]) -> list[Message]:
         limit = self.config.max_message_bytes
-        ordinary = [p for p in prepared if p.message.reject is None and len(p.message.body) <= limit]
-        args = [(p.message.body, p.message.ref) for p in ordinary]
+        return [m for m in messages if m.reject is None and len(m.body) <= limit]
+
+    async def _decode(self, messages: list[Message], inline_below: int) -> _Decoded:
+        """Journal payloads of the decodable messages (dedupe comes later, at ``_prepare_all``)."""
+        ordinary = self._decodable(messages)
+        args = [(m.body, m.ref) for m in ordinary]
         if self.pool is not None:
-            decoded = await self.pool.decode_messages(args, self.config.max_event_bytes, self.name)
+            decoded = await self.pool.decode_messages(
+                args, self.config.max_event_bytes, self.name, inline_below=inline_below
+            )
         else:
             decoded = decode_messages(args, self.config.max_event_bytes, self.name)
+        return ordinary, decoded
+
+    async def _fetch_decoded(self, worker: int) -> tuple[list[Message], _Decoded | None]:
+        """A fetch ahead, decoded in a worker process while the current batch is made durable."""
+        messages = await self.fetch(worker)
+        if not messages or self.pool is None:
+            return messages, None
+        return messages, await self._decode(messages, AHEAD_INLINE_BELOW)
+
+    async def _prepare_all(
+        self, messages: list[Message], predecoded: _Decoded | None = None
+    ) -> list[_Prepared]:
+        """Decode every message (in the decode pool when the batch is large) and drop what
+        is already durable. Keeps delivery order. ``predecoded`` is used when it covers
+        exactly these messages."""
+        prepared = [_Prepared(m) for m in messages]
+        mine = self._decodable(messages)
+        if predecoded is not None and len(predecoded[0]) == len(mine) and all(
+            a is b for a, b in zip(predecoded[0], mine, strict=True)
+        ):
+            decoded = predecoded[1]
+        else:
+            decoded = (await self._decode(messages, MESSAGES_INLINE_BELOW))[1]
+        by_message = {id(p.message): p for p in prepared}
+        ordinary = [by_message[id(m)] for m in mine]
         seen = self._seen
         dropped = 0
         for payload, owner, ident, index, reason in zip(*decoded, strict=True):
@@ -475,6 +521,7 @@ class QueueSource(ABC):
             if reason is not None:
                 p.reasons.append(reason)
                 p.plain = False
+        limit = self.config.max_message_bytes
         for p in prepared:
             m = p.message
             if m.reject is None and len(m.body) <= limit:
@@ -546,7 +593,7 @@ class QueueSource(ABC):
             except Exception as exc:
                 self.log.warning("source.keepalive_failed", error=str(exc), messages=len(held))
 
-    async def _handle(self, messages: list[Message]) -> None:
+    async def _handle(self, messages: list[Message], predecoded: _Decoded | None = None) -> None:
         """Make every message's content durable, then acknowledge it; on JournalFull hold and retry."""
         self._m_received.inc(len(messages))
         redelivered = sum(1 for m in messages if m.redelivered)
@@ -560,12 +607,12 @@ class QueueSource(ABC):
         refs = {m.ref for m in messages}
         self._inflight |= refs
         try:
-            await self._handle_owned(messages)
+            await self._handle_owned(messages, predecoded)
         finally:
             self._inflight -= refs
 
-    async def _handle_owned(self, messages: list[Message]) -> None:
-        prepared = await self._prepare_all(messages)
+    async def _handle_owned(self, messages: list[Message], predecoded: _Decoded | None = None) -> None:
+        prepared = await self._prepare_all(messages, predecoded)
         held = list(messages)
         keeper = (
             asyncio.create_task(self._keepalive_loop(held)) if self.keepalive_interval is not None else None

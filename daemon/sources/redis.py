@@ -68,6 +68,7 @@ def _text(value: bytes) -> str:
 class RedisSource(QueueSource):
     type = "redis"
     fetch_ahead = True
+    fetch_depth = 2
 
     def __init__(self, config: RedisSourceConfig, intake: Intake, writer_id: str) -> None:
         super().__init__(config, intake, writer_id)

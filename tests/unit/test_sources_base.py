@@ -252,3 +252,33 @@ def test_seen_ids_forget_the_oldest_beyond_capacity() -> None:
     off = _SeenIds(0)
     off.update(["x"])
     assert "x" not in off and len(off) == 0
+
+
+async def test_batches_decoded_ahead_are_deduped_when_their_turn_comes(tmp_path: Path) -> None:
+    # Two batches fetched and decoded (in a worker) ahead of the one being made durable:
+    # dedupe must still see what the earlier batches journaled, so a copy delivered
+    # again in a later batch is not appended twice.
+    from daemon.decodepool import DecodePool
+
+    journal = Journal(tmp_path / "j", max_bytes=64 * 1024**2, fsync=False)
+    await journal.open()
+    source = FakeSource(FakeConfig(), Intake(journal))
+    source.fetch_ahead = True
+    source.fetch_depth = 2
+    pool = DecodePool(1)
+    source.pool = pool
+    bodies = [b"\n".join(ev(i * 100 + k) for k in range(100)) + b"\n" + b" " * 70_000 for i in range(12)]
+    await source.start()
+    for i, body in enumerate(bodies):
+        source.queue.put_nowait(Message(body, f"m{i}", False))
+        if i == 6:
+            source.queue.put_nowait(Message(bodies[2], "m2-copy", True))  # redelivered copy
+        await asyncio.sleep(0.01)
+    await until(lambda: len(source.acked) == 13, timeout=30)
+    got = [decode_entry(o, p) for o, p in await entries(journal)]
+    ids = [e.id for e in got]
+    assert sorted(ids) == sorted(f"e{i}" for i in range(1200)), "each event journaled exactly once"
+    assert pool._pool is not None, "batches were decoded in the worker"
+    await source.stop()
+    await pool.close()
+    await journal.close()
