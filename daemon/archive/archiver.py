@@ -106,17 +106,21 @@ class _Batch:
     newest: str | None = None
 
     def add(self, entry: Entry) -> None:
-        self.records.append(entry.record)
-        self.ids.append(entry.id)
-        self.received.append(entry.received_ms)
-        self.nbytes += len(entry.record) + 2
-        self.last = entry.offset
-        t = entry.time
-        if t is not None:
-            if self.oldest is None or t < self.oldest:
-                self.oldest = t
-            if self.newest is None or t > self.newest:
-                self.newest = t
+        self.add_fields(entry.offset, entry.received_ms, entry.record, entry.id, entry.time)
+
+    def add_fields(
+        self, offset: int, received_ms: int, record: bytes, eid: str | None, etime: str | None
+    ) -> None:
+        self.records.append(record)
+        self.ids.append(eid)
+        self.received.append(received_ms)
+        self.nbytes += len(record) + 2
+        self.last = offset
+        if etime is not None:
+            if self.oldest is None or etime < self.oldest:
+                self.oldest = etime
+            if self.newest is None or etime > self.newest:
+                self.newest = etime
 
 
 def _part_key(part: Partition) -> str:
@@ -272,43 +276,37 @@ class Archiver:
             part = self.d.partition(decode_entry(offset, payload))
             cached = self._parts[cache_key] = (part, _part_key(part))
         part, pkey = cached
-        if offset <= self.state.through.get(pkey, -1):
-            return None  # stored before a crash; the replay must not store it twice
-        batch = self._batches.get(part)
-        if batch is None:
-            batch = _Batch(part, offset, received, time.monotonic())
-            self._batches[part] = batch
-        record = payload[start:]
-        batch.records.append(record)
-        batch.ids.append(eid.decode() if eid else None)
-        batch.received.append(received)
-        batch.nbytes += len(record) + 2
-        self._open_bytes += len(record) + 2
-        batch.last = offset
-        if etime:
-            t = etime.decode()
-            if batch.oldest is None or t < batch.oldest:
-                batch.oldest = t
-            if batch.newest is None or t > batch.newest:
-                batch.newest = t
-        if len(batch.records) >= self.d.max_events or batch.nbytes >= self.d.max_bytes:
-            return part
-        return None
+        eid_text = eid.decode() if eid else None
+        etime_text = etime.decode() if etime else None
+        return self._add(part, pkey, offset, received, payload[start:], eid_text, etime_text)
 
     def _take(self, entry: Entry) -> Partition | None:
         """Add an entry to its partition's batch; return the partition if that batch is full."""
         if entry.kind != self.d.kind or not self.d.select(entry):
             return None
         part = self.d.partition(entry)
-        if entry.offset <= self.state.through.get(_part_key(part), -1):
+        return self._add(
+            part, _part_key(part), entry.offset, entry.received_ms, entry.record, entry.id, entry.time
+        )
+
+    def _add(
+        self,
+        part: Partition,
+        pkey: str,
+        offset: int,
+        received_ms: int,
+        record: bytes,
+        eid: str | None,
+        etime: str | None,
+    ) -> Partition | None:
+        if offset <= self.state.through.get(pkey, -1):
             return None  # stored before a crash; the replay must not store it twice
         batch = self._batches.get(part)
         if batch is None:
-            batch = _Batch(part, entry.offset, entry.received_ms, time.monotonic())
+            batch = _Batch(part, offset, received_ms, time.monotonic())
             self._batches[part] = batch
-        before = batch.nbytes
-        batch.add(entry)
-        self._open_bytes += batch.nbytes - before
+        batch.add_fields(offset, received_ms, record, eid, etime)
+        self._open_bytes += len(record) + 2
         if len(batch.records) >= self.d.max_events or batch.nbytes >= self.d.max_bytes:
             return part
         return None
