@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -145,20 +145,26 @@ class DecodePool:
             )
         return self._pool
 
+    async def _in_worker(self, fallback: Callable[[], Awaitable[T]], fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker; if the pool broke (a worker killed by the OS), it is
+        replaced and ``fallback`` runs instead."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor(), fn, *args)
+        except BrokenProcessPool:
+            log.warning("decode.pool_broken", detail="a worker died; starting a new pool")
+            self._pool = None
+            return await fallback()
+
     async def decode(
         self, body: bytes, ndjson: bool | None, max_event_bytes: int, source: str, ref: str | None
     ) -> Decoded:
+        async def inline() -> Decoded:
+            return decode_payloads(body, ndjson, max_event_bytes, source, ref)
+
         if self.workers <= 0 or len(body) < INLINE_BELOW:
-            return decode_payloads(body, ndjson, max_event_bytes, source, ref)
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                self._executor(), decode_payloads, body, ndjson, max_event_bytes, source, ref
-            )
-        except BrokenProcessPool:
-            log.warning("decode.pool_broken", detail="a decode worker died; starting a new pool")
-            self._pool = None
-            return decode_payloads(body, ndjson, max_event_bytes, source, ref)
+            return await inline()
+        return await self._in_worker(inline, decode_payloads, body, ndjson, max_event_bytes, source, ref)
 
     async def decode_messages(
         self,
@@ -172,17 +178,13 @@ class DecodePool:
         Queue batches go to a worker only from 1 MiB: below that, the round trip costs a
         small-message source more than it saves, and the event loop is held only briefly.
         """
+
+        async def inline() -> DecodedMessages:
+            return decode_messages(messages, max_event_bytes, source)
+
         if self.workers <= 0 or sum(len(b) for b, _ in messages) < inline_below:
-            return decode_messages(messages, max_event_bytes, source)
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                self._executor(), decode_messages, messages, max_event_bytes, source
-            )
-        except BrokenProcessPool:
-            log.warning("decode.pool_broken", detail="a decode worker died; starting a new pool")
-            self._pool = None
-            return decode_messages(messages, max_event_bytes, source)
+            return await inline()
+        return await self._in_worker(inline, decode_messages, messages, max_event_bytes, source)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a pure, picklable CPU-heavy call in a worker (in a thread when ``workers=0``).
@@ -190,15 +192,13 @@ class DecodePool:
         Used for archive file builds: compression and hashing then never hold the
         daemon's GIL. A broken pool is replaced and the call runs in a thread.
         """
+
+        def thread() -> Awaitable[T]:
+            return asyncio.to_thread(fn, *args)
+
         if self.workers <= 0:
-            return await asyncio.to_thread(fn, *args)
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor(), fn, *args)
-        except BrokenProcessPool:
-            log.warning("decode.pool_broken", detail="a worker died; starting a new pool")
-            self._pool = None
-            return await asyncio.to_thread(fn, *args)
+            return await thread()
+        return await self._in_worker(thread, fn, *args)
 
     async def close(self) -> None:
         """Stop the workers and wait for them (in a thread), so nothing is left for exit time."""
