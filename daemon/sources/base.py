@@ -467,28 +467,27 @@ class QueueSource(ABC):
             raw = message.body[:keep]
         return Rejected(0, REASON_TOO_LARGE, detail, raw)
 
-    def _decodable(self, messages: list[Message]) -> list[Message]:
-        limit = self.config.max_message_bytes
-        return [m for m in messages if m.reject is None and len(m.body) <= limit]
+    def _decodable(self, message: Message) -> bool:
+        """Whether the message is decoded, rather than refused whole (the source's own
+        reject, or over ``max_message_bytes``)."""
+        return message.reject is None and len(message.body) <= self.config.max_message_bytes
 
-    async def _decode(self, messages: list[Message], inline_below: int) -> _Decoded:
-        """Journal payloads of the decodable messages (dedupe comes later, at ``_prepare_all``)."""
-        ordinary = self._decodable(messages)
+    async def _decode(self, ordinary: list[Message], inline_below: int) -> DecodedMessages:
+        """Journal payloads of decodable messages (dedupe comes later, at ``_prepare_all``)."""
         args = [(m.body, m.ref) for m in ordinary]
         if self.pool is not None:
-            decoded = await self.pool.decode_messages(
+            return await self.pool.decode_messages(
                 args, self.config.max_event_bytes, self.name, inline_below=inline_below
             )
-        else:
-            decoded = decode_messages(args, self.config.max_event_bytes, self.name)
-        return ordinary, decoded
+        return decode_messages(args, self.config.max_event_bytes, self.name)
 
     async def _fetch_decoded(self, worker: int) -> tuple[list[Message], _Decoded | None]:
         """A fetch ahead, decoded in a worker process while the current batch is made durable."""
         messages = await self.fetch(worker)
         if not messages or self.pool is None:
             return messages, None
-        return messages, await self._decode(messages, AHEAD_INLINE_BELOW)
+        ordinary = [m for m in messages if self._decodable(m)]
+        return messages, (ordinary, await self._decode(ordinary, AHEAD_INLINE_BELOW))
 
     async def _prepare_all(
         self, messages: list[Message], predecoded: _Decoded | None = None
@@ -497,15 +496,14 @@ class QueueSource(ABC):
         is already durable. Keeps delivery order. ``predecoded`` is used when it covers
         exactly these messages."""
         prepared = [_Prepared(m) for m in messages]
-        mine = self._decodable(messages)
+        ordinary = [p for p in prepared if self._decodable(p.message)]
+        mine = [p.message for p in ordinary]
         if predecoded is not None and len(predecoded[0]) == len(mine) and all(
             a is b for a, b in zip(predecoded[0], mine, strict=True)
         ):
             decoded = predecoded[1]
         else:
-            decoded = (await self._decode(messages, MESSAGES_INLINE_BELOW))[1]
-        by_message = {id(p.message): p for p in prepared}
-        ordinary = [by_message[id(m)] for m in mine]
+            decoded = await self._decode(mine, MESSAGES_INLINE_BELOW)
         seen = self._seen
         dropped = 0
         for payload, owner, ident, index, reason in zip(*decoded, strict=True):
@@ -521,10 +519,9 @@ class QueueSource(ABC):
             if reason is not None:
                 p.reasons.append(reason)
                 p.plain = False
-        limit = self.config.max_message_bytes
         for p in prepared:
             m = p.message
-            if m.reject is None and len(m.body) <= limit:
+            if self._decodable(m):
                 continue
             # Refused whole, before decoding: the source's own reject, or oversize.
             item = m.reject if m.reject is not None else self._too_large(m)
