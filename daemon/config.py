@@ -60,9 +60,10 @@ class HttpIngestConfig(Strict):
     """Deprecated, use auth.tokens: SHA-256 hex digests of producer tokens (``sha256:<hex>``
     or bare hex); each acts as a producer for every tenant, named ingest-token-N."""
     decode_workers: int | None = Field(default=None, ge=0)
-    """Processes that parse request bodies and build archive files (compression, hashing)
-    outside the daemon's own process, so that work never competes with the event loop;
-    null: one per CPU; 0: all of it in the daemon's own process."""
+    """Processes that parse request bodies and queue batches, read Redis streams ahead and
+    build archive files (compression, hashing) outside the daemon's own process, so that work
+    never competes with the event loop; null: one per CPU; 0: all of it in the daemon's own
+    process."""
     tls: TlsConfig | None = None
     """Serve ingest and the query API over HTTPS with these files; null: plain HTTP."""
 

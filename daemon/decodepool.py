@@ -122,6 +122,10 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+class WorkerLost(Exception):
+    """A worker process died while it ran a call; whether the call took effect is unknown."""
+
+
 class DecodePool:
     """A process pool for decode_payloads, with an inline path for small bodies.
 
@@ -185,6 +189,19 @@ class DecodePool:
         if self.workers <= 0 or sum(len(b) for b, _ in messages) < inline_below:
             return await inline()
         return await self._in_worker(inline, decode_messages, messages, max_event_bytes, source)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker, for work that must not fall back to the daemon's process
+        (a queue read that delivers messages as it runs).
+
+        Requires ``workers > 0``. Raises what ``fn`` raises; if the pool broke, it is replaced
+        and ``WorkerLost`` is raised: what the call did before the worker died is unknown.
+        """
+
+        async def lost() -> T:
+            raise WorkerLost(f"a decode worker died during {getattr(fn, '__name__', fn)}")
+
+        return await self._in_worker(lost, fn, *args)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a pure, picklable CPU-heavy call in a worker (in a thread when ``workers=0``).

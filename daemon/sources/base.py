@@ -123,7 +123,7 @@ class Message:
 
 
 # A batch's decodable messages and their journal payloads, before dedupe.
-_Decoded = tuple[list["Message"], DecodedMessages]
+Predecoded = tuple[list["Message"], DecodedMessages]
 # Batches decoded ahead (while the previous one is made durable) go to a worker from this
 # size: the round trip then hides behind the journal's fsync instead of adding to it.
 AHEAD_INLINE_BELOW = 64 * 1024
@@ -413,10 +413,12 @@ class QueueSource(ABC):
         raise SourceStopped()
 
     async def _worker(self, index: int) -> None:
-        ahead: collections.deque[asyncio.Future[tuple[list[Message], _Decoded | None]]] = collections.deque()
+        ahead: collections.deque[asyncio.Future[tuple[list[Message], Predecoded | None]]] = (
+            collections.deque()
+        )
         try:
             while not self._stopping.is_set():
-                predecoded: _Decoded | None = None
+                predecoded: Predecoded | None = None
                 try:
                     if ahead:
                         messages, predecoded = await self._until_stopped(ahead.popleft())
@@ -430,7 +432,7 @@ class QueueSource(ABC):
                     # Pull (and decode, in a worker process) the next batches while this one
                     # is made durable: round trips and parsing hide behind the journal's
                     # fsync. None while the journal pushes back.
-                    ahead.append(asyncio.ensure_future(self._fetch_decoded(index)))
+                    ahead.append(asyncio.ensure_future(self.fetch_decoded(index)))
                 await self._handle(messages, predecoded)
         finally:
             for future in ahead:
@@ -481,8 +483,12 @@ class QueueSource(ABC):
             )
         return decode_messages(args, self.config.max_event_bytes, self.name)
 
-    async def _fetch_decoded(self, worker: int) -> tuple[list[Message], _Decoded | None]:
-        """A fetch ahead, decoded in a worker process while the current batch is made durable."""
+    async def fetch_decoded(self, worker: int) -> tuple[list[Message], Predecoded | None]:
+        """A fetch ahead, decoded in a worker process while the current batch is made durable.
+
+        A source may override it to read in the worker too (``_prepare_all`` uses the
+        payloads only when they cover exactly the batch's decodable messages, in order).
+        May raise on broker loss, like ``fetch``."""
         messages = await self.fetch(worker)
         if not messages or self.pool is None:
             return messages, None
@@ -490,7 +496,7 @@ class QueueSource(ABC):
         return messages, (ordinary, await self._decode(ordinary, AHEAD_INLINE_BELOW))
 
     async def _prepare_all(
-        self, messages: list[Message], predecoded: _Decoded | None = None
+        self, messages: list[Message], predecoded: Predecoded | None = None
     ) -> list[_Prepared]:
         """Decode every message (in the decode pool when the batch is large) and drop what
         is already durable. Keeps delivery order. ``predecoded`` is used when it covers
@@ -498,8 +504,10 @@ class QueueSource(ABC):
         prepared = [_Prepared(m) for m in messages]
         ordinary = [p for p in prepared if self._decodable(p.message)]
         mine = [p.message for p in ordinary]
-        if predecoded is not None and len(predecoded[0]) == len(mine) and all(
-            a is b for a, b in zip(predecoded[0], mine, strict=True)
+        if (
+            predecoded is not None
+            and len(predecoded[0]) == len(mine)
+            and all(a is b for a, b in zip(predecoded[0], mine, strict=True))
         ):
             decoded = predecoded[1]
         else:
@@ -590,7 +598,7 @@ class QueueSource(ABC):
             except Exception as exc:
                 self.log.warning("source.keepalive_failed", error=str(exc), messages=len(held))
 
-    async def _handle(self, messages: list[Message], predecoded: _Decoded | None = None) -> None:
+    async def _handle(self, messages: list[Message], predecoded: Predecoded | None = None) -> None:
         """Make every message's content durable, then acknowledge it; on JournalFull hold and retry."""
         self._m_received.inc(len(messages))
         redelivered = sum(1 for m in messages if m.redelivered)
@@ -608,7 +616,7 @@ class QueueSource(ABC):
         finally:
             self._inflight -= refs
 
-    async def _handle_owned(self, messages: list[Message], predecoded: _Decoded | None = None) -> None:
+    async def _handle_owned(self, messages: list[Message], predecoded: Predecoded | None = None) -> None:
         prepared = await self._prepare_all(messages, predecoded)
         held = list(messages)
         keeper = (

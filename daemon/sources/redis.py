@@ -9,22 +9,36 @@ live consumer's entries are not taken from it.
 
 The consumer name must be stable across restarts for the pending entries to be
 found again: it defaults to the daemon's writer id.
+
+Reads ahead (while the previous batch is made durable) run in a decode worker
+process, which holds its own connection, parses the reply and decodes the
+entries: with a pure-Python reply parser, parsing costs as much per entry as
+everything the daemon does after it, and there it would share the event loop.
+Those reads never block; when the stream is empty the event loop's own
+connection does the blocking read. A worker read that fails or whose worker
+dies ends the session: entries it may have been delivered are pending at this
+consumer, and the reconnect reads them again first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
+import redis
 import redis.asyncio as aioredis
 import redis.exceptions
 from pydantic import Field
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from daemon.decodepool import DecodedMessages, decode_messages
 from daemon.events import REASON_UNKNOWN_FORMAT, Rejected
 from daemon.intake import Intake
-from daemon.sources.base import Message, QueueSource, QueueSourceConfig
+from daemon.sources.base import Message, Predecoded, QueueSource, QueueSourceConfig
 from daemon.units import Duration
 
 
@@ -65,6 +79,79 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", errors="backslashreplace")
 
 
+class ReadAhead(NamedTuple):
+    """A read done in a worker, in flat lists (cheap to send back): each entry's id and body
+    (None when it lacks the body field; its fields are then in ``fields``), and the journal
+    payloads of the entries with a body of at most ``max_message_bytes``."""
+
+    ids: list[bytes]
+    bodies: list[bytes | None]
+    fields: dict[int, dict[bytes, bytes]]
+    decoded: DecodedMessages
+
+
+class ReadParams(NamedTuple):
+    """What a worker needs to read for a source (picklable)."""
+
+    url: str
+    client_name: str
+    stream: str
+    group: str
+    consumer: str
+    batch: int
+    field: bytes
+    max_message_bytes: int
+    max_event_bytes: int
+    source: str
+
+
+# A worker's connections, one per source: kept between reads, dropped when one fails.
+_worker_clients: dict[tuple[str, str], Any] = {}
+
+
+def read_ahead(p: ReadParams) -> ReadAhead:
+    """Runs in a decode worker: XREADGROUP of new entries without blocking, decoded.
+
+    Not idempotent: the entries read are pending at the consumer from then on, whether or
+    not the result reaches the caller. May raise redis errors (the connection is dropped,
+    the next call opens a new one).
+    """
+    key = (p.url, p.client_name)
+    client: Any = _worker_clients.get(key)
+    if client is None:
+        # Reconnection is the source's: a command never silently retries on a new socket (a
+        # retried XREADGROUP would leave the entries of the lost reply pending, unseen).
+        client = redis.Redis.from_url(p.url, retry=Retry(NoBackoff(), 0), **_options(p.client_name, 10.0))
+        _worker_clients[key] = client
+    try:
+        resp = client.xreadgroup(p.group, p.consumer, {p.stream: ">"}, count=p.batch)
+    except Exception:
+        del _worker_clients[key]
+        with contextlib.suppress(Exception):
+            client.close()
+        raise
+    entries = resp[0][1] if resp else []
+    ids: list[bytes] = []
+    bodies: list[bytes | None] = []
+    missing: dict[int, dict[bytes, bytes]] = {}
+    decodable: list[tuple[bytes, str]] = []
+    prefix = p.stream + "/"
+    for entry_id, fields in entries:
+        body = fields.get(p.field)
+        if body is None:
+            missing[len(ids)] = fields
+        elif len(body) <= p.max_message_bytes:
+            decodable.append((body, prefix + _text(entry_id)))
+        ids.append(entry_id)
+        bodies.append(body)
+    return ReadAhead(ids, bodies, missing, decode_messages(decodable, p.max_event_bytes, p.source))
+
+
+def _options(client_name: str, socket_timeout: float) -> dict[str, Any]:
+    """Client settings both connections share (the retry policy is each client kind's own)."""
+    return {"client_name": client_name, "socket_connect_timeout": 5, "socket_timeout": socket_timeout}
+
+
 class RedisSource(QueueSource):
     type = "redis"
     fetch_ahead = True
@@ -84,13 +171,11 @@ class RedisSource(QueueSource):
 
     async def connect(self) -> None:
         c = self.cfg
+        # As in the worker: no silent retry on a new socket; a lost connection ends the session.
         self._r = aioredis.Redis.from_url(
             c.url,
-            client_name=f"trailkeeper-{self.name}-{self.consumer}",
-            socket_connect_timeout=5,
-            socket_timeout=c.block + 10,
-            # Reconnection is the source's: a command never silently retries on a new socket.
-            retry_on_timeout=False,
+            retry=AsyncRetry(NoBackoff(), 0),
+            **_options(f"trailkeeper-{self.name}-{self.consumer}", c.block + 10),
         )
         await self._r.ping()
         if c.create_group:
@@ -112,10 +197,12 @@ class RedisSource(QueueSource):
                 await r.aclose()
 
     def _message(self, entry_id: bytes, fields: dict[bytes, bytes] | None, redelivered: bool) -> Message:
+        return self._entry(entry_id, (fields or {}).get(self._field), fields or {}, redelivered)
+
+    def _entry(
+        self, entry_id: bytes, body: bytes | None, fields: dict[bytes, bytes], redelivered: bool
+    ) -> Message:
         ref = f"{self.cfg.stream}/{_text(entry_id)}"
-        if fields is None:
-            fields = {}
-        body = fields.get(self._field)
         reject = None
         if body is None:
             body = orjson.dumps({_text(k): _text(v) for k, v in fields.items()})
@@ -146,7 +233,7 @@ class RedisSource(QueueSource):
                 out.append(self._message(entry_id, fields, True))
             self.log.info("redis.recovered_pending", entries=len(entries))
             return out
-        if time.monotonic() - self._last_claim >= c.claim_interval:
+        if self._claim_due():
             self._last_claim = time.monotonic()
             claimed = await self._claim()
             if claimed:
@@ -157,6 +244,39 @@ class RedisSource(QueueSource):
         if not resp:
             return []
         return [self._message(entry_id, fields, False) for entry_id, fields in resp[0][1]]
+
+    async def fetch_decoded(self, worker: int) -> tuple[list[Message], Predecoded | None]:
+        pool = self.pool
+        if pool is None or pool.workers <= 0 or self._recovering or self._claim_due():
+            return await super().fetch_decoded(worker)
+        c = self.cfg
+        read = await pool.call(
+            read_ahead,
+            ReadParams(
+                c.url,
+                f"trailkeeper-{self.name}-{self.consumer}-reader",
+                c.stream,
+                c.group,
+                self.consumer,
+                c.batch,
+                self._field,
+                c.max_message_bytes,
+                c.max_event_bytes,
+                self.name,
+            ),
+        )
+        if not read.ids:
+            # Nothing waiting: block on the event loop's connection until entries come.
+            return await super().fetch_decoded(worker)
+        fields = read.fields
+        messages = [
+            self._entry(entry_id, body, fields.get(i, {}), False)
+            for i, (entry_id, body) in enumerate(zip(read.ids, read.bodies, strict=True))
+        ]
+        return messages, ([m for m in messages if self._decodable(m)], read.decoded)
+
+    def _claim_due(self) -> bool:
+        return time.monotonic() - self._last_claim >= self.cfg.claim_interval
 
     async def _claim(self) -> list[Message]:
         c = self.cfg

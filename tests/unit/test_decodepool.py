@@ -4,8 +4,9 @@ import os
 import signal
 
 import orjson
+import pytest
 
-from daemon.decodepool import INLINE_BELOW, DecodePool, decode_payloads
+from daemon.decodepool import INLINE_BELOW, DecodePool, WorkerLost, decode_payloads
 from daemon.events import decode_entry
 
 
@@ -49,5 +50,21 @@ async def test_a_killed_worker_is_replaced_and_the_request_still_decoded() -> No
         assert decoded.accepted == 400
         again = await pool.decode(body, True, 262144, "http", None)
         assert again.accepted == 400
+    finally:
+        await pool.close()
+
+
+
+async def test_a_call_whose_worker_dies_raises_worker_lost_and_the_pool_recovers() -> None:
+    # ``call`` is for work with effects outside the worker (a queue read): when its worker
+    # dies it must say so, not quietly run again in the daemon's process.
+    pool = DecodePool(1)
+    try:
+        assert await pool.call(int, "7") == 7
+        with pytest.raises(WorkerLost):
+            await pool.call(os._exit, 3)  # the worker dies mid-call
+        assert await pool.call(int, "8") == 8, "a new pool serves the next call"
+        with pytest.raises(ValueError):
+            await pool.call(int, "not a number")  # the call's own errors come through as they are
     finally:
         await pool.close()

@@ -1,0 +1,165 @@
+"""The Redis source's reads in a worker process, against this machine's Redis.
+
+Reads ahead are done by a decode worker with its own connection; the event loop
+only journals and acknowledges. These tests hold that path to the source's rule:
+every entry journaled once (events, and quarantine entries for what cannot be
+decoded), every entry acknowledged, and a worker lost mid-read loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+
+from daemon.decodepool import DecodePool, WorkerLost
+from daemon.events import KIND_EVENT, KIND_QUARANTINE, REASON_TOO_LARGE, REASON_UNKNOWN_FORMAT, decode_entry
+from daemon.intake import Intake
+from daemon.journal import Journal, JournalReader
+from daemon.sources.redis import RedisSource, RedisSourceConfig
+from tests.contract.source_brokers import CI, RedisBroker
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[RedisBroker]:
+    b = RedisBroker()
+    reason = b.unreachable()
+    if reason is not None:
+        if CI:
+            pytest.fail(f"{reason} (CI=true: brokers are required)")
+        pytest.skip(reason)
+    await b.create()
+    try:
+        yield b
+    finally:
+        await b.delete()
+        await b.close()
+
+
+def event(i: int) -> bytes:
+    return orjson.dumps(
+        {"eventSource": "iam.amazonaws.com", "eventName": "CreateUser", "eventID": f"r-{i:06d}"}
+    )
+
+
+async def journal_entries(journal: Journal) -> list[Any]:
+    reader = JournalReader(journal, journal.start_offset)
+    try:
+        return [decode_entry(o, p) for o, p in await reader.read(1_000_000, timeout=0)]
+    finally:
+        reader.close()
+
+
+async def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> None:
+    async with asyncio.timeout(timeout):
+        while not await cond():
+            await asyncio.sleep(0.05)
+
+
+def source_for(broker: RedisBroker, journal: Journal, **overrides: Any) -> RedisSource:
+    cfg = broker.source_config(**{"batch": 200, "max_message_bytes": 4096, **overrides})
+    return RedisSource(RedisSourceConfig.model_validate(cfg), Intake(journal), "w1")
+
+
+async def run_until_drained(
+    broker: RedisBroker, source: RedisSource, journal: Journal, pool: DecodePool, expected: int
+) -> list[Any]:
+    source.pool = pool
+    await source.start()
+    try:
+
+        async def drained() -> bool:
+            return journal.end_offset >= expected and await broker.outstanding() == 0
+
+        await wait_for(drained, 30, "every entry journaled and acknowledged")
+        return await journal_entries(journal)
+    finally:
+        await source.stop()
+
+
+async def test_reads_in_a_worker_journal_every_entry_once_and_quarantine_the_rest(
+    broker: RedisBroker, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "j", max_bytes=256 * 1024**2, fsync=False)
+    await journal.open()
+    source = source_for(broker, journal)
+    pool = DecodePool(1)
+    total = 6000
+    try:
+        # Published while the source runs, so most reads are reads ahead.
+        await broker.publish([event(i) for i in range(100)])
+        source.pool = pool
+        await source.start()
+        for start in range(100, total, 500):
+            await broker.publish([event(i) for i in range(start, min(total, start + 500))])
+            if start == 2100:
+                await broker.publish_fields({"other": "no body here"})
+                await broker.publish([b"[" + event(99_999) + b"," + b" " * 5000 + b"]"])  # over 4 KiB
+            await asyncio.sleep(0.02)
+
+        async def drained() -> bool:
+            return journal.end_offset >= total + 2 and await broker.outstanding() == 0
+
+        await wait_for(drained, 30, "every entry journaled and acknowledged")
+        clients = await broker.r.client_list()
+        reader_name = f"trailkeeper-{source.name}-w1-reader"
+        assert any(c.get("name") == reader_name for c in clients), (
+            "reads went through the worker's connection"
+        )
+        got = await journal_entries(journal)
+    finally:
+        await source.stop()
+        await pool.close()
+        await journal.close()
+    ids = Counter(e.id for e in got if e.kind == KIND_EVENT)
+    assert ids == Counter(f"r-{i:06d}" for i in range(total))
+    quarantined = sorted(orjson.loads(e.record)["reason"] for e in got if e.kind == KIND_QUARANTINE)
+    assert quarantined == sorted([REASON_UNKNOWN_FORMAT, REASON_TOO_LARGE])
+
+
+class LosesTheFirstWorker(DecodePool):
+    """A pool whose first call does its work (in this process) and then loses its worker, as
+    a worker killed by the OS after Redis delivered the entries but before they came back."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.lost = 0
+        self.calls = 0
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        self.calls += 1
+        result = await asyncio.to_thread(fn, *args)
+        if self.lost == 0:
+            self.lost += 1
+            raise WorkerLost("worker killed")
+        return result
+
+
+async def test_a_worker_lost_mid_read_loses_nothing(broker: RedisBroker, tmp_path: Path) -> None:
+    # The lost read's entries are pending at this consumer. They must come back through the
+    # reconnect's recovery of pending entries, not only after claim_min_idle (set far beyond
+    # the test's timeout here).
+    journal = Journal(tmp_path / "j", max_bytes=256 * 1024**2, fsync=False)
+    await journal.open()
+    total = 3000
+    await broker.publish([event(i) for i in range(total)])
+    source = source_for(broker, journal, claim_min_idle="10m", claim_interval="10m", reconnect_initial="50ms")
+    pool = LosesTheFirstWorker()
+    try:
+        got = await run_until_drained(broker, source, journal, pool, total)
+    finally:
+        await pool.close()
+        await journal.close()
+    assert pool.lost == 1 and pool.calls > 1
+    ids = Counter(e.id for e in got if e.kind == KIND_EVENT)
+    assert ids == Counter(f"r-{i:06d}" for i in range(total)), "each event journaled exactly once"
+    assert source.generation >= 2, "the lost worker ended the session"
