@@ -6,17 +6,30 @@ durable in the journal; while that takes long (journal full), an in-progress
 signal every third of ``ack_wait`` keeps JetStream from redelivering it.
 ``max_ack_pending`` bounds how many messages all the consumer's clients hold
 unacknowledged: JetStream stops delivering beyond it, which is the flow control.
+
+Pulling speaks JetStream's pull API directly (``$JS.API.CONSUMER.MSG.NEXT`` with
+a batch and an expiry, answered on an inbox subscription whose callback files
+each message), rather than through the client's ``fetch``: that one waits for
+each message of a batch in its own task with its own timeout, which cost the
+event loop about three times what the messages themselves did. One pull request
+is open at a time; it ends when its batch is delivered or with a status (408 at
+its expiry, 409 when the server refuses it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
+import time
 from typing import Any, Literal
 
 import nats
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+import orjson
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 from pydantic import Field, model_validator
 
 from daemon.intake import Intake
@@ -77,6 +90,17 @@ class NatsSourceConfig(QueueSourceConfig):
         return self
 
 
+# JetStream's API subject prefix (no domain or custom prefix is configured).
+JS_API = "$JS.API"
+# How long past a pull request's expiry its end (a 408 status) may take before the
+# connection is taken for dead.
+PULL_GRACE = 5.0
+# 409 statuses that end a pull request for a reason that passes: another request is
+# tried after a pause. Any other 409 (a deleted consumer, a request over the consumer's
+# limits) ends the session with the server's description.
+TRANSIENT_409 = ("Exceeded MaxWaiting", "Leadership Change", "Server Shutdown")
+
+
 class NatsSource(QueueSource):
     type = "nats"
     fetch_ahead = True
@@ -89,6 +113,13 @@ class NatsSource(QueueSource):
         self._js: Any = None
         self._sub: Any = None
         self._client_error: str | None = None
+        # The pull in progress: messages delivered and not yet fetched, how many the open
+        # request still owes, and why it ended when it ended with a status.
+        self._inbox = ""
+        self._ready: collections.deque[Msg] = collections.deque()
+        self._owed = 0
+        self._refused: str | None = None
+        self._arrived = asyncio.Event()
 
     async def connect(self) -> None:
         c = self.cfg
@@ -106,6 +137,7 @@ class NatsSource(QueueSource):
             "connect_timeout": c.connect_timeout,
             "name": f"trailkeeper {self.writer_id} {self.name}",
             "error_cb": self._on_error,
+            "closed_cb": self._on_closed,
         }
         if c.user is not None:
             options["user"] = c.user
@@ -123,11 +155,47 @@ class NatsSource(QueueSource):
         self._js = self._nc.jetstream()
         await self._ensure_stream()
         await self._ensure_consumer()
-        self._sub = await self._js.pull_subscribe_bind(durable=c.consumer, stream=c.stream)
+        self._ready.clear()
+        self._owed = 0
+        self._refused = None
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
 
     async def _on_error(self, exc: Exception) -> None:
         self._client_error = f"{type(exc).__name__}: {exc}"
         self.log.debug("nats.client_error", error=str(exc))
+
+    async def _on_closed(self) -> None:
+        # A fetch waiting on the pull wakes up and finds the connection closed.
+        self._arrived.set()
+
+    async def _on_message(self, msg: Msg) -> None:
+        """The inbox's callback: file a stream message, or end the pull on a status. Never raises."""
+        if msg.reply:
+            # A stream message (its reply subject is where its ack goes).
+            self._ready.append(msg)
+            self._owed -= 1
+        else:
+            headers = msg.headers or {}
+            status = headers.get(Header.STATUS)
+            if status == "100":
+                return  # an idle heartbeat: the request is still open
+            if status == "409":
+                self._refused = str(headers.get(Header.DESCRIPTION, "") or "409")
+            # 404 and 408 (nothing more to deliver, or the request expired) end it quietly.
+            self._owed = 0
+        self._arrived.set()
+
+    async def _pull(self) -> None:
+        """Ask for the next batch; it is delivered to the inbox as messages become available,
+        until the batch is full or the request expires."""
+        c = self.cfg
+        self._owed = c.batch
+        self._refused = None
+        request = {"batch": c.batch, "expires": int(c.fetch_timeout * 1e9)}
+        await self._nc.publish(
+            f"{JS_API}.CONSUMER.MSG.NEXT.{c.stream}.{c.consumer}", orjson.dumps(request), reply=self._inbox
+        )
 
     async def _ensure_stream(self) -> None:
         c = self.cfg
@@ -179,6 +247,9 @@ class NatsSource(QueueSource):
             )
 
     async def disconnect(self) -> None:
+        # Messages delivered and not yet fetched are never acked: JetStream redelivers them.
+        self._ready.clear()
+        self._owed = 0
         nc, self._nc, self._sub, self._js = self._nc, None, None, None
         if nc is not None:
             with contextlib.suppress(Exception):
@@ -190,21 +261,49 @@ class NatsSource(QueueSource):
 
     async def fetch(self, worker: int) -> list[Message]:
         self._check_open()
-        try:
-            msgs = await self._sub.fetch(self.cfg.batch, timeout=self.cfg.fetch_timeout)
-        except nats.errors.TimeoutError:
-            self._check_open()
-            return []
+        c = self.cfg
+        if not self._ready:
+            if self._owed <= 0:
+                await self._pull()
+            # Wait for the first messages, or the request's end; a server that lets an
+            # expired request go unanswered is taken for gone.
+            deadline = time.monotonic() + c.fetch_timeout + PULL_GRACE
+            while not self._ready and self._owed > 0:
+                self._arrived.clear()
+                self._check_open()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise ConnectionError(
+                        f"NATS pull request on {c.stream}/{c.consumer} unanswered "
+                        f"{c.fetch_timeout + PULL_GRACE:.0f}s after it was sent"
+                    ) from None
+            refused, self._refused = self._refused, None
+            if refused is not None and not self._ready:
+                if not refused.startswith(TRANSIENT_409):
+                    raise RuntimeError(
+                        f"NATS refused a pull request on consumer {c.consumer!r} of stream "
+                        f"{c.stream!r}: 409 {refused}"
+                    )
+                self.log.warning("nats.pull_refused", status=409, description=refused)
+                await asyncio.sleep(c.fetch_timeout)
+            if not self._ready:
+                self._check_open()
+                return []
         out: list[Message] = []
-        for msg in msgs:
+        ready = self._ready
+        stream = c.stream
+        generation = self.generation
+        for _ in range(min(len(ready), c.batch)):
+            msg = ready.popleft()
             meta = msg.metadata
             out.append(
                 Message(
                     body=msg.data,
-                    ref=f"{self.cfg.stream}/{meta.sequence.stream}",
+                    ref=f"{stream}/{meta.sequence.stream}",
                     redelivered=meta.num_delivered > 1,
                     handle=msg,
-                    generation=self.generation,
+                    generation=generation,
                 )
             )
         return out
