@@ -10,6 +10,11 @@ A quorum queue's ``x-delivery-limit`` drops (or dead-letters) a message after
 that many redeliveries. Poison messages are quarantined and acked on their
 first delivery, so only a daemon that keeps crashing on a message reaches the
 limit; set ``dead_letter_exchange`` so such a message is kept, not dropped.
+
+aio-pika opens the connection and channel and declares the queue; deliveries are
+consumed from its underlying aiormq channel. aio-pika would wrap each delivery in
+an IncomingMessage and run the callback in a task of its own, on top of aiormq's
+task per delivery: that was a third of what the event loop spent per message.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aiormq import spec
+from aiormq.abc import AbstractChannel, DeliveredMessage
 from pydantic import Field
 
 from daemon import telemetry
@@ -56,6 +62,13 @@ class AmqpSourceConfig(QueueSourceConfig):
     """How long to wait for a delivery before checking the connection."""
     heartbeat: int = Field(default=30, ge=0)
     """AMQP heartbeat in seconds (0: off): a dead connection is noticed within about twice this."""
+
+
+class _Tag(NamedTuple):
+    """What acks a delivery: its delivery tag, on the channel that delivered it."""
+
+    channel: AbstractChannel
+    tag: int
 
 
 class AmqpSource(QueueSource):
@@ -105,21 +118,29 @@ class AmqpSource(QueueSource):
             self._queue = await self._channel.declare_queue(c.queue, passive=True)
         generation = self.generation
 
-        async def deliver(message: AbstractIncomingMessage) -> None:
-            await self._on_message(message, generation)
+        async def deliver(message: DeliveredMessage) -> None:
+            self._on_message(message, generation)
 
-        await self._queue.consume(deliver, no_ack=False)
+        underlay = await self._channel.get_underlay_channel()
+        await underlay.basic_consume(queue=self._queue.name, consumer_callback=deliver, no_ack=False)
 
     def _on_close(self, _sender: Any, exc: BaseException | None = None) -> None:
         lost = self._lost
         if lost is not None and not lost.done():
             lost.set_result(exc or ConnectionError("AMQP channel closed"))
 
-    async def _on_message(self, message: AbstractIncomingMessage, generation: int) -> None:
+    def _on_message(self, message: DeliveredMessage, generation: int) -> None:
         if generation != self.generation:
             return  # a late delivery of an old channel: RabbitMQ requeues it
-        ref = message.message_id or f"{self.cfg.queue}/sha256:{hashlib.sha256(message.body).hexdigest()[:32]}"
-        self._inbox.put_nowait(Message(message.body, ref, bool(message.redelivered), message, generation))
+        body = message.body
+        ref = (
+            message.header.properties.message_id
+            or f"{self.cfg.queue}/sha256:{hashlib.sha256(body).hexdigest()[:32]}"
+        )
+        delivery = message.delivery
+        assert isinstance(delivery, spec.Basic.Deliver) and delivery.delivery_tag is not None
+        handle = _Tag(message.channel, delivery.delivery_tag)
+        self._inbox.put_nowait(Message(body, ref, bool(delivery.redelivered), handle, generation))
 
     async def disconnect(self) -> None:
         conn, self._conn, self._channel, self._queue = self._conn, None, None, None
@@ -163,10 +184,11 @@ class AmqpSource(QueueSource):
         if whole_batch and not stale:
             # One frame acks the batch: every earlier tag of this channel was acked before
             # (batches complete in delivery order), so "multiple" covers exactly this batch.
-            await current[-1].handle.ack(multiple=True)
+            last: _Tag = current[-1].handle
+            await last.channel.basic_ack(last.tag, multiple=True)
         else:
             for m in current:
-                await m.handle.ack()
+                await m.handle.channel.basic_ack(m.handle.tag)
 
     async def consumer_lag(self) -> int | None:
         if self._channel is None:
