@@ -163,3 +163,53 @@ async def test_a_worker_lost_mid_read_loses_nothing(broker: RedisBroker, tmp_pat
     ids = Counter(e.id for e in got if e.kind == KIND_EVENT)
     assert ids == Counter(f"r-{i:06d}" for i in range(total)), "each event journaled exactly once"
     assert source.generation >= 2, "the lost worker ended the session"
+
+
+async def test_a_lost_connection_costs_one_session_not_one_per_worker_connection(
+    broker: RedisBroker, tmp_path: Path
+) -> None:
+    # Every connection of the source is cut while it idles (as a broker restart does): the
+    # event loop's blocking read fails, and the source reconnects once. The worker's own
+    # connection, idle and just as dead, must not end the new session at its first read
+    # (redis-py finds a socket the server closed when it takes it from its pool, and opens
+    # a new one before sending anything).
+    journal = Journal(tmp_path / "j", max_bytes=256 * 1024**2, fsync=False)
+    await journal.open()
+    source = source_for(broker, journal, claim_min_idle="10m", claim_interval="10m", reconnect_initial="50ms")
+    pool = DecodePool(1)
+    source.pool = pool
+    try:
+        await source.start()
+        for start in range(0, 3000, 500):
+            await broker.publish([event(i) for i in range(start, start + 500)])
+            await asyncio.sleep(0.02)
+
+        async def journaled(n: int) -> bool:
+            return journal.end_offset >= n and await broker.outstanding() == 0
+
+        await wait_for(lambda: journaled(3000), 30, "the first 3000 journaled")
+        clients = await broker.r.client_list()
+        reader = f"trailkeeper-{source.name}-w1-reader"
+        assert any(c.get("name") == reader for c in clients), "the worker read some of them"
+        await asyncio.sleep(0.3)  # idle: the event loop blocks in XREADGROUP, the worker waits
+        assert source.generation == 1
+        for c in clients:
+            if str(c.get("name", "")).startswith(f"trailkeeper-{source.name}-"):
+                await broker.r.client_kill_filter(_id=c["id"])
+        await wait_for(lambda: _generation(source, 2), 10, "the source reconnected")
+        for start in range(3000, 6000, 500):
+            await broker.publish([event(i) for i in range(start, start + 500)])
+            await asyncio.sleep(0.02)
+        await wait_for(lambda: journaled(6000), 30, "the next 3000 journaled")
+        assert source.generation == 2, "the worker's dead connection ended the new session too"
+        got = await journal_entries(journal)
+    finally:
+        await source.stop()
+        await pool.close()
+        await journal.close()
+    ids = Counter(e.id for e in got if e.kind == KIND_EVENT)
+    assert ids == Counter(f"r-{i:06d}" for i in range(6000))
+
+
+async def _generation(source: RedisSource, n: int) -> bool:
+    return source.generation >= n and source.healthy
