@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.contract.source_brokers import BROKERS, CI, Broker, MotoServer, SqsBroker
+from tests.contract.source_brokers import BROKERS, Broker, MotoServer, SqsBroker, live
 
 
 @pytest.fixture(scope="session")
@@ -28,15 +28,5 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         pytest.skip(f"TK_SOURCES={selected} excludes {kind}")
     if kind == "sqs":
         SqsBroker.moto_port = request.getfixturevalue("moto_port")
-    b = BROKERS[kind]()
-    reason = b.unreachable()
-    if reason is not None:
-        if CI:
-            pytest.fail(f"{reason} (CI=true: brokers are required)")
-        pytest.skip(reason)
-    await b.create()
-    try:
+    async with live(BROKERS[kind]()) as b:
         yield b
-    finally:
-        await b.delete()
-        await b.close()

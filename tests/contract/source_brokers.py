@@ -17,9 +17,9 @@ import sys
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 CI = os.environ.get("CI", "").lower() == "true"
 
@@ -596,3 +596,25 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(every)
+
+
+B = TypeVar("B", bound=Broker)
+
+
+@contextlib.asynccontextmanager
+async def live(broker: B) -> AsyncIterator[B]:
+    """The broker with its queue/stream created, deleted afterwards. Skips the test when the
+    broker is unreachable, except under CI=true, where that fails it."""
+    import pytest
+
+    reason = broker.unreachable()
+    if reason is not None:
+        if CI:
+            pytest.fail(f"{reason} (CI=true: brokers are required)")
+        pytest.skip(reason)
+    await broker.create()
+    try:
+        yield broker
+    finally:
+        await broker.delete()
+        await broker.close()

@@ -26,25 +26,15 @@ from daemon.events import KIND_EVENT, KIND_QUARANTINE, decode_entry
 from daemon.intake import Intake
 from daemon.journal import Journal, JournalReader
 from daemon.sources.amqp import AmqpSource, AmqpSourceConfig
-from tests.contract.source_brokers import CI, AmqpBroker
+from tests.contract.source_brokers import AmqpBroker, live
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def broker() -> AsyncIterator[AmqpBroker]:
-    b = AmqpBroker()
-    reason = b.unreachable()
-    if reason is not None:
-        if CI:
-            pytest.fail(f"{reason} (CI=true: brokers are required)")
-        pytest.skip(reason)
-    await b.create()
-    try:
+    async with live(AmqpBroker()) as b:
         yield b
-    finally:
-        await b.delete()
-        await b.close()
 
 
 async def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> None:

@@ -26,25 +26,15 @@ from daemon.events import KIND_EVENT, decode_entry
 from daemon.intake import Intake
 from daemon.journal import Journal, JournalReader
 from daemon.sources.nats import NatsSource, NatsSourceConfig
-from tests.contract.source_brokers import CI, NatsBroker
+from tests.contract.source_brokers import NatsBroker, live
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def broker() -> AsyncIterator[NatsBroker]:
-    b = NatsBroker()
-    reason = b.unreachable()
-    if reason is not None:
-        if CI:
-            pytest.fail(f"{reason} (CI=true: brokers are required)")
-        pytest.skip(reason)
-    await b.create()
-    try:
+    async with live(NatsBroker()) as b:
         yield b
-    finally:
-        await b.delete()
-        await b.close()
 
 
 @pytest.fixture

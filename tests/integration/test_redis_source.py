@@ -9,6 +9,7 @@ decoded), every entry acknowledged, and a worker lost mid-read loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from daemon.events import KIND_EVENT, KIND_QUARANTINE, REASON_TOO_LARGE, REASON_
 from daemon.intake import Intake
 from daemon.journal import Journal, JournalReader
 from daemon.sources.redis import RedisSource, RedisSourceConfig
-from tests.contract.source_brokers import CI, RedisBroker
+from tests.contract.source_brokers import RedisBroker, live
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +32,8 @@ T = TypeVar("T")
 
 @pytest.fixture
 async def broker() -> AsyncIterator[RedisBroker]:
-    b = RedisBroker()
-    reason = b.unreachable()
-    if reason is not None:
-        if CI:
-            pytest.fail(f"{reason} (CI=true: brokers are required)")
-        pytest.skip(reason)
-    await b.create()
-    try:
+    async with live(RedisBroker()) as b:
         yield b
-    finally:
-        await b.delete()
-        await b.close()
 
 
 def event(i: int) -> bytes:
@@ -70,56 +61,49 @@ def source_for(broker: RedisBroker, journal: Journal, **overrides: Any) -> Redis
     return RedisSource(RedisSourceConfig.model_validate(cfg), Intake(journal), "w1")
 
 
-async def run_until_drained(
-    broker: RedisBroker, source: RedisSource, journal: Journal, pool: DecodePool, expected: int
-) -> list[Any]:
+@contextlib.asynccontextmanager
+async def running(
+    broker: RedisBroker, tmp_path: Path, pool: DecodePool, **overrides: Any
+) -> AsyncIterator[tuple[RedisSource, Journal]]:
+    """A started source reading ahead through ``pool`` into a fresh journal; all three are
+    closed on the way out."""
+    journal = Journal(tmp_path / "j", max_bytes=256 * 1024**2, fsync=False)
+    await journal.open()
+    source = source_for(broker, journal, **overrides)
     source.pool = pool
-    await source.start()
     try:
-
-        async def drained() -> bool:
-            return journal.end_offset >= expected and await broker.outstanding() == 0
-
-        await wait_for(drained, 30, "every entry journaled and acknowledged")
-        return await journal_entries(journal)
+        await source.start()
+        yield source, journal
     finally:
         await source.stop()
+        await pool.close()
+        await journal.close()
+
+
+async def drained(broker: RedisBroker, journal: Journal, n: int) -> bool:
+    return journal.end_offset >= n and await broker.outstanding() == 0
 
 
 async def test_reads_in_a_worker_journal_every_entry_once_and_quarantine_the_rest(
     broker: RedisBroker, tmp_path: Path
 ) -> None:
-    journal = Journal(tmp_path / "j", max_bytes=256 * 1024**2, fsync=False)
-    await journal.open()
-    source = source_for(broker, journal)
-    pool = DecodePool(1)
     total = 6000
-    try:
-        # Published while the source runs, so most reads are reads ahead.
-        await broker.publish([event(i) for i in range(100)])
-        source.pool = pool
-        await source.start()
+    # Published while the source runs, so most reads are reads ahead.
+    await broker.publish([event(i) for i in range(100)])
+    async with running(broker, tmp_path, DecodePool(1)) as (source, journal):
         for start in range(100, total, 500):
             await broker.publish([event(i) for i in range(start, min(total, start + 500))])
             if start == 2100:
                 await broker.publish_fields({"other": "no body here"})
                 await broker.publish([b"[" + event(99_999) + b"," + b" " * 5000 + b"]"])  # over 4 KiB
             await asyncio.sleep(0.02)
-
-        async def drained() -> bool:
-            return journal.end_offset >= total + 2 and await broker.outstanding() == 0
-
-        await wait_for(drained, 30, "every entry journaled and acknowledged")
+        await wait_for(lambda: drained(broker, journal, total + 2), 30, "every entry journaled and acked")
         clients = await broker.r.client_list()
         reader_name = f"trailkeeper-{source.name}-w1-reader"
         assert any(c.get("name") == reader_name for c in clients), (
             "reads went through the worker's connection"
         )
         got = await journal_entries(journal)
-    finally:
-        await source.stop()
-        await pool.close()
-        await journal.close()
     ids = Counter(e.id for e in got if e.kind == KIND_EVENT)
     assert ids == Counter(f"r-{i:06d}" for i in range(total))
     quarantined = sorted(orjson.loads(e.record)["reason"] for e in got if e.kind == KIND_QUARANTINE)
@@ -148,17 +132,13 @@ async def test_a_worker_lost_mid_read_loses_nothing(broker: RedisBroker, tmp_pat
     # The lost read's entries are pending at this consumer. They must come back through the
     # reconnect's recovery of pending entries, not only after claim_min_idle (set far beyond
     # the test's timeout here).
-    journal = Journal(tmp_path / "j", max_bytes=256 * 1024**2, fsync=False)
-    await journal.open()
     total = 3000
     await broker.publish([event(i) for i in range(total)])
-    source = source_for(broker, journal, claim_min_idle="10m", claim_interval="10m", reconnect_initial="50ms")
     pool = LosesTheFirstWorker()
-    try:
-        got = await run_until_drained(broker, source, journal, pool, total)
-    finally:
-        await pool.close()
-        await journal.close()
+    quick = {"claim_min_idle": "10m", "claim_interval": "10m", "reconnect_initial": "50ms"}
+    async with running(broker, tmp_path, pool, **quick) as (source, journal):
+        await wait_for(lambda: drained(broker, journal, total), 30, "every entry journaled and acked")
+        got = await journal_entries(journal)
     assert pool.lost == 1 and pool.calls > 1
     ids = Counter(e.id for e in got if e.kind == KIND_EVENT)
     assert ids == Counter(f"r-{i:06d}" for i in range(total)), "each event journaled exactly once"
@@ -173,21 +153,12 @@ async def test_a_lost_connection_costs_one_session_not_one_per_worker_connection
     # connection, idle and just as dead, must not end the new session at its first read
     # (redis-py finds a socket the server closed when it takes it from its pool, and opens
     # a new one before sending anything).
-    journal = Journal(tmp_path / "j", max_bytes=256 * 1024**2, fsync=False)
-    await journal.open()
-    source = source_for(broker, journal, claim_min_idle="10m", claim_interval="10m", reconnect_initial="50ms")
-    pool = DecodePool(1)
-    source.pool = pool
-    try:
-        await source.start()
+    quick = {"claim_min_idle": "10m", "claim_interval": "10m", "reconnect_initial": "50ms"}
+    async with running(broker, tmp_path, DecodePool(1), **quick) as (source, journal):
         for start in range(0, 3000, 500):
             await broker.publish([event(i) for i in range(start, start + 500)])
             await asyncio.sleep(0.02)
-
-        async def journaled(n: int) -> bool:
-            return journal.end_offset >= n and await broker.outstanding() == 0
-
-        await wait_for(lambda: journaled(3000), 30, "the first 3000 journaled")
+        await wait_for(lambda: drained(broker, journal, 3000), 30, "the first 3000 journaled")
         clients = await broker.r.client_list()
         reader = f"trailkeeper-{source.name}-w1-reader"
         assert any(c.get("name") == reader for c in clients), "the worker read some of them"
@@ -200,13 +171,9 @@ async def test_a_lost_connection_costs_one_session_not_one_per_worker_connection
         for start in range(3000, 6000, 500):
             await broker.publish([event(i) for i in range(start, start + 500)])
             await asyncio.sleep(0.02)
-        await wait_for(lambda: journaled(6000), 30, "the next 3000 journaled")
+        await wait_for(lambda: drained(broker, journal, 6000), 30, "the next 3000 journaled")
         assert source.generation == 2, "the worker's dead connection ended the new session too"
         got = await journal_entries(journal)
-    finally:
-        await source.stop()
-        await pool.close()
-        await journal.close()
     ids = Counter(e.id for e in got if e.kind == KIND_EVENT)
     assert ids == Counter(f"r-{i:06d}" for i in range(6000))
 
