@@ -95,10 +95,10 @@ JS_API = "$JS.API"
 # How long past a pull request's expiry its end (a 408 status) may take before the
 # connection is taken for dead.
 PULL_GRACE = 5.0
-# 409 statuses that end a pull request for a reason that passes: another request is
-# tried after a pause. Any other 409 (a deleted consumer, a request over the consumer's
-# limits) ends the session with the server's description.
-TRANSIENT_409 = ("Exceeded MaxWaiting", "Leadership Change", "Server Shutdown")
+# Statuses that end a pull request for a reason that passes: another request is tried
+# after a pause. Any other status but 404/408 (a deleted consumer, a request over the
+# consumer's limits) ends the session with the server's description.
+TRANSIENT_409 = ("409 Exceeded MaxWaiting", "409 Leadership Change", "409 Server Shutdown")
 
 
 class NatsSource(QueueSource):
@@ -118,6 +118,8 @@ class NatsSource(QueueSource):
         self._inbox = ""
         self._ready: collections.deque[Msg] = collections.deque()
         self._owed = 0
+        self._delivered = 0  # by the last request
+        self._pulled_at = 0.0
         self._refused: str | None = None
         self._arrived = asyncio.Event()
 
@@ -157,6 +159,7 @@ class NatsSource(QueueSource):
         await self._ensure_consumer()
         self._ready.clear()
         self._owed = 0
+        self._pulled_at = 0.0
         self._refused = None
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
@@ -175,14 +178,16 @@ class NatsSource(QueueSource):
             # A stream message (its reply subject is where its ack goes).
             self._ready.append(msg)
             self._owed -= 1
+            self._delivered += 1
         else:
             headers = msg.headers or {}
             status = headers.get(Header.STATUS)
             if status == "100":
                 return  # an idle heartbeat: the request is still open
-            if status == "409":
-                self._refused = str(headers.get(Header.DESCRIPTION, "") or "409")
-            # 404 and 408 (nothing more to deliver, or the request expired) end it quietly.
+            if status not in ("404", "408"):
+                # 404 and 408 (nothing more to deliver, or the request expired) end it quietly;
+                # anything else ends it with a refusal the next fetch deals with.
+                self._refused = f"{status} {headers.get(Header.DESCRIPTION, '') or ''}".strip()
             self._owed = 0
         self._arrived.set()
 
@@ -191,7 +196,8 @@ class NatsSource(QueueSource):
         until the batch is full or the request expires."""
         c = self.cfg
         self._owed = c.batch
-        self._refused = None
+        self._delivered = 0
+        self._pulled_at = time.monotonic()
         request = {"batch": c.batch, "expires": int(c.fetch_timeout * 1e9)}
         await self._nc.publish(
             f"{JS_API}.CONSUMER.MSG.NEXT.{c.stream}.{c.consumer}", orjson.dumps(request), reply=self._inbox
@@ -263,11 +269,16 @@ class NatsSource(QueueSource):
         self._check_open()
         c = self.cfg
         if not self._ready:
-            if self._owed <= 0:
+            if self._owed <= 0 and self._refused is None:
+                # A request that ended early with nothing (a server answering at once
+                # that it has nothing) does not make the next one go out at once: at most
+                # one request per fetch_timeout while nothing flows.
+                if not self._delivered:
+                    await asyncio.sleep(max(0.0, self._pulled_at + c.fetch_timeout - time.monotonic()))
                 await self._pull()
             # Wait for the first messages, or the request's end; a server that lets an
             # expired request go unanswered is taken for gone.
-            deadline = time.monotonic() + c.fetch_timeout + PULL_GRACE
+            deadline = self._pulled_at + c.fetch_timeout + PULL_GRACE
             while not self._ready and self._owed > 0:
                 self._arrived.clear()
                 self._check_open()
@@ -278,14 +289,16 @@ class NatsSource(QueueSource):
                         f"NATS pull request on {c.stream}/{c.consumer} unanswered "
                         f"{c.fetch_timeout + PULL_GRACE:.0f}s after it was sent"
                     ) from None
-            refused, self._refused = self._refused, None
+            refused = self._refused
             if refused is not None and not self._ready:
+                # Messages delivered before the refusal are handed out first; then it counts.
+                self._refused = None
                 if not refused.startswith(TRANSIENT_409):
                     raise RuntimeError(
                         f"NATS refused a pull request on consumer {c.consumer!r} of stream "
-                        f"{c.stream!r}: 409 {refused}"
+                        f"{c.stream!r}: {refused}"
                     )
-                self.log.warning("nats.pull_refused", status=409, description=refused)
+                self.log.warning("nats.pull_refused", status=refused)
                 await asyncio.sleep(c.fetch_timeout)
             if not self._ready:
                 self._check_open()

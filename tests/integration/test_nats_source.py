@@ -121,6 +121,61 @@ async def test_an_idle_stream_is_polled_at_the_expiry_pace(broker: NatsBroker, j
     assert source.healthy is False and source.last_error == "stopped"
 
 
+class AnsweredAtOnce(CountingSource):
+    """A server that answers every pull at once that it has nothing (a no_wait request)."""
+
+    async def _pull(self) -> None:
+        await super()._pull()
+        c = self.cfg
+        await self._nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{c.stream}.{c.consumer}",
+            orjson.dumps({"batch": c.batch, "no_wait": True}),
+            reply=self._inbox,
+        )
+
+
+async def test_requests_answered_at_once_with_nothing_do_not_spin(
+    broker: NatsBroker, journal: Journal
+) -> None:
+    cfg = NatsSourceConfig.model_validate(broker.source_config(fetch_timeout="500ms"))
+    source = AnsweredAtOnce(cfg, Intake(journal), "w1")
+    await source.start()
+    try:
+        await wait_for(lambda: _healthy(source), 10, "source connected")
+        first = source.pulls
+        await asyncio.sleep(3)
+        pulls = source.pulls - first
+        await broker.publish([event(i) for i in range(5)])
+        await wait_for(lambda: _outstanding_zero(broker), 10, "messages still flow")
+    finally:
+        await source.stop()
+    assert 3 <= pulls <= 10, pulls
+    assert await event_ids(journal) == Counter(f"n-{i:06d}" for i in range(5))
+
+
+async def test_a_deleted_consumer_is_recreated_and_nothing_is_appended_twice(
+    broker: NatsBroker, journal: Journal
+) -> None:
+    await broker.publish([event(i) for i in range(100)])
+    source = source_for(broker, journal, reconnect_initial="100ms", reconnect_max="200ms")
+    await source.start()
+    try:
+        await wait_for(lambda: _outstanding_zero(broker), 10, "the first 100 acked")
+        await broker.js.delete_consumer(broker.stream, broker.consumer)
+        await wait_for(lambda: _generation(source, 2), 15, "the session ended and reconnected")
+        # The new consumer starts from the stream's beginning: the first 100 come again and
+        # the dedupe memory drops them.
+        await broker.publish([event(i) for i in range(100, 200)])
+        await wait_for(lambda: _outstanding_zero(broker), 15, "everything acked on the new consumer")
+    finally:
+        await source.stop()
+    assert await event_ids(journal) == Counter(f"n-{i:06d}" for i in range(200))
+
+
+async def _generation(source: NatsSource, n: int) -> bool:
+    return source.generation >= n and source.healthy
+
+
 async def test_a_consumer_at_its_ack_pending_limit_keeps_flowing_as_acks_free_it(
     broker: NatsBroker, journal: Journal
 ) -> None:
