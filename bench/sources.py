@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daemon.decodepool import DecodePool, default_workers
 from daemon.intake import Intake
 from daemon.journal import Journal
-from daemon.sources import build_source
 from daemon.sources.amqp import AmqpSourceConfig
 from daemon.sources.nats import NatsSourceConfig
 from daemon.sources.redis import RedisSourceConfig
+from daemon.sources.registry import build_source
 from daemon.sources.sqs import SqsSourceConfig
 from daemon.telemetry import configure_logging
 from tests.contract.source_brokers import (

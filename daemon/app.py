@@ -43,8 +43,9 @@ from daemon.journal import Journal
 from daemon.notify import notifier as notify_mod
 from daemon.rules.model import SEVERITIES
 from daemon.rules.ruleset import RuleSet
-from daemon.sources import QueueSource, build_source
+from daemon.sources.base import QueueSource
 from daemon.sources.http import HttpIngest
+from daemon.sources.registry import build_source
 from daemon.stores import build_store
 from daemon.stores.base import Store, StoreError
 from daemon.telemetry import get_logger

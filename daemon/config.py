@@ -22,7 +22,7 @@ from daemon.index.base import IndexConfig
 from daemon.integrity.config import IntegrityConfig
 from daemon.notify.config import NotifyConfig
 from daemon.rules.config import RulesConfig
-from daemon.sources import SourceConfig
+from daemon.sources.registry import SourceConfig
 from daemon.stores import STORE_TYPES, StoreConfig
 from daemon.stores.local import LocalStoreConfig
 from daemon.units import Duration, Size

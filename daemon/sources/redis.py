@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import orjson
 import redis
@@ -33,12 +33,11 @@ import redis.exceptions
 from pydantic import Field
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from daemon.decodepool import DecodedMessages, decode_messages
 from daemon.events import REASON_UNKNOWN_FORMAT, Rejected
 from daemon.intake import Intake
 from daemon.sources.base import Message, Predecoded, QueueSource, QueueSourceConfig
+from daemon.sources.redis_read import ReadParams, client_options, read_ahead, text
 from daemon.units import Duration
 
 
@@ -75,83 +74,6 @@ class RedisSourceConfig(QueueSourceConfig):
     """How often abandoned entries are looked for."""
 
 
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", errors="backslashreplace")
-
-
-class ReadAhead(NamedTuple):
-    """A read done in a worker, in flat lists (cheap to send back): each entry's id and body
-    (None when it lacks the body field; its fields are then in ``fields``), and the journal
-    payloads of the entries with a body of at most ``max_message_bytes``."""
-
-    ids: list[bytes]
-    bodies: list[bytes | None]
-    fields: dict[int, dict[bytes, bytes]]
-    decoded: DecodedMessages
-
-
-class ReadParams(NamedTuple):
-    """What a worker needs to read for a source (picklable)."""
-
-    url: str
-    client_name: str
-    stream: str
-    group: str
-    consumer: str
-    batch: int
-    field: bytes
-    max_message_bytes: int
-    max_event_bytes: int
-    source: str
-
-
-# A worker's connections, one per source: kept between reads, dropped when one fails.
-_worker_clients: dict[tuple[str, str], Any] = {}
-
-
-def read_ahead(p: ReadParams) -> ReadAhead:
-    """Runs in a decode worker: XREADGROUP of new entries without blocking, decoded.
-
-    Not idempotent: the entries read are pending at the consumer from then on, whether or
-    not the result reaches the caller. May raise redis errors (the connection is dropped,
-    the next call opens a new one).
-    """
-    key = (p.url, p.client_name)
-    client: Any = _worker_clients.get(key)
-    if client is None:
-        # Reconnection is the source's: a command never silently retries on a new socket (a
-        # retried XREADGROUP would leave the entries of the lost reply pending, unseen).
-        client = redis.Redis.from_url(p.url, retry=Retry(NoBackoff(), 0), **_options(p.client_name, 10.0))
-        _worker_clients[key] = client
-    try:
-        resp = client.xreadgroup(p.group, p.consumer, {p.stream: ">"}, count=p.batch)
-    except Exception:
-        del _worker_clients[key]
-        with contextlib.suppress(Exception):
-            client.close()
-        raise
-    entries = resp[0][1] if resp else []
-    ids: list[bytes] = []
-    bodies: list[bytes | None] = []
-    missing: dict[int, dict[bytes, bytes]] = {}
-    decodable: list[tuple[bytes, str]] = []
-    prefix = p.stream + "/"
-    for entry_id, fields in entries:
-        body = fields.get(p.field)
-        if body is None:
-            missing[len(ids)] = fields
-        elif len(body) <= p.max_message_bytes:
-            decodable.append((body, prefix + _text(entry_id)))
-        ids.append(entry_id)
-        bodies.append(body)
-    return ReadAhead(ids, bodies, missing, decode_messages(decodable, p.max_event_bytes, p.source))
-
-
-def _options(client_name: str, socket_timeout: float) -> dict[str, Any]:
-    """Client settings both connections share (the retry policy is each client kind's own)."""
-    return {"client_name": client_name, "socket_connect_timeout": 5, "socket_timeout": socket_timeout}
-
-
 class RedisSource(QueueSource):
     type = "redis"
     fetch_ahead = True
@@ -175,7 +97,7 @@ class RedisSource(QueueSource):
         self._r = aioredis.Redis.from_url(
             c.url,
             retry=AsyncRetry(NoBackoff(), 0),
-            **_options(f"trailkeeper-{self.name}-{self.consumer}", c.block + 10),
+            **client_options(f"trailkeeper-{self.name}-{self.consumer}", c.block + 10),
         )
         await self._r.ping()
         if c.create_group:
@@ -202,14 +124,14 @@ class RedisSource(QueueSource):
     def _entry(
         self, entry_id: bytes, body: bytes | None, fields: dict[bytes, bytes], redelivered: bool
     ) -> Message:
-        ref = f"{self.cfg.stream}/{_text(entry_id)}"
+        ref = f"{self.cfg.stream}/{text(entry_id)}"
         reject = None
         if body is None:
-            body = orjson.dumps({_text(k): _text(v) for k, v in fields.items()})
+            body = orjson.dumps({text(k): text(v) for k, v in fields.items()})
             reject = Rejected(
                 0,
                 REASON_UNKNOWN_FORMAT,
-                f"stream entry has no {self.cfg.field!r} field (fields: {sorted(_text(k) for k in fields)})",
+                f"stream entry has no {self.cfg.field!r} field (fields: {sorted(text(k) for k in fields)})",
                 body,
             )
         return Message(body, ref, redelivered, entry_id, self.generation, reject)
@@ -224,7 +146,7 @@ class RedisSource(QueueSource):
             if not entries:
                 self._recovering = False
                 return []
-            self._recover_from = _text(entries[-1][0])
+            self._recover_from = text(entries[-1][0])
             out = []
             for entry_id, fields in entries:
                 if fields is None:
@@ -290,7 +212,7 @@ class RedisSource(QueueSource):
         )
         next_id, entries = resp[0], resp[1]
         deleted = resp[2] if len(resp) > 2 else []
-        self._claim_from = _text(next_id) if next_id else "0-0"
+        self._claim_from = text(next_id) if next_id else "0-0"
         for entry_id in deleted:
             await self._lost_entry(entry_id, claimed=True)
         out = [self._message(entry_id, fields, True) for entry_id, fields in entries if fields is not None]
@@ -304,7 +226,7 @@ class RedisSource(QueueSource):
         self.log.error(
             "redis.pending_entry_deleted",
             stream=self.cfg.stream,
-            entry=_text(entry_id),
+            entry=text(entry_id),
             hint="the stream was trimmed (MAXLEN/XTRIM/XDEL) before this entry was consumed",
         )
         if not claimed:
