@@ -149,7 +149,7 @@ async def run_source(b: Broker, n: int, journal_dir: Path) -> float:
     # As in the daemon: large batches of messages are decoded in worker processes.
     pool = DecodePool(default_workers())
     source.pool = pool
-    await asyncio.gather(pool.run(int, "0"), pool.run(int, "1"))  # start the workers before the clock
+    await pool.start()  # as the daemon does before it consumes
     start = time.perf_counter()
     await source.start()
     await journal.wait_for(n - 1, timeout=None)

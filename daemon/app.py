@@ -165,6 +165,7 @@ class App:
         # Worker processes for decoding request bodies and building archive files.
         workers = c.ingest.http.decode_workers if c.ingest.http else None
         self.decode_pool = DecodePool(default_workers() if workers is None else workers)
+        await self.decode_pool.start()
         self.integrity = Integrity(c, self.stores, self.writer_id)
         await self.integrity.start()
         tracker_names = {t.name for t in c.trackers}

@@ -149,6 +149,28 @@ class DecodePool:
             )
         return self._pool
 
+    async def start(self) -> None:
+        """Start the worker processes now, in a thread. Idempotent.
+
+        The first submit starts the fork server and blocks the submitting thread until it
+        has forked (50 ms idle here, more on a busy machine): done lazily, that thread is
+        the event loop, at the first request or archive build. A pool that breaks while
+        starting is left to start again on first use.
+        """
+        if self.workers <= 0:
+            return
+
+        def spawn() -> None:
+            executor = self._executor()
+            for future in [executor.submit(int, "0") for _ in range(self.workers)]:
+                future.result()
+
+        try:
+            await asyncio.to_thread(spawn)
+        except BrokenProcessPool:
+            log.warning("decode.pool_broken", detail="a worker died while starting; starting on first use")
+            self._pool = None
+
     async def _in_worker(self, fallback: Callable[[], Awaitable[T]], fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker; if the pool broke (a worker killed by the OS), it is
         replaced and ``fallback`` runs instead."""

@@ -68,3 +68,42 @@ async def test_a_call_whose_worker_dies_raises_worker_lost_and_the_pool_recovers
             await pool.call(int, "not a number")  # the call's own errors come through as they are
     finally:
         await pool.close()
+
+
+async def test_start_brings_up_every_worker_off_the_event_loop() -> None:
+    # The fork server's start blocks the thread that first submits work; start() does that
+    # in a thread, so the event loop keeps turning meanwhile.
+    import asyncio
+    import time
+
+    pool = DecodePool(2)
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0.002)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    try:
+        task = asyncio.create_task(ticker())
+        started = time.perf_counter()
+        await pool.start()
+        took = time.perf_counter() - started
+        stop.set()
+        await task
+        executor = pool._pool
+        assert executor is not None and len(executor._processes) == 2
+        assert all(p.is_alive() for p in executor._processes.values())
+        # The loop turned all along: many ticks, none as long as the start itself.
+        assert len(gaps) >= 5 and max(gaps) < took, (len(gaps), took)
+        await pool.start()  # idempotent
+        assert pool._pool is executor and len(executor._processes) == 2
+    finally:
+        await pool.close()
+    off = DecodePool(0)
+    await off.start()
+    assert off._pool is None, "no workers: nothing is started"
