@@ -8,9 +8,11 @@ the round trip to a worker would cost more than the work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import multiprocessing
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -45,6 +47,25 @@ class Decoded:
     tenants: list[str | None] = field(default_factory=list)  # of each accepted event, in order
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a body is parsed.
+
+    Parsing a JSON array builds every record's containers before the first is released,
+    and each collection pass walks all of them again: that made parsing a 1,000-record
+    body 2.5 times slower. Parsed JSON holds no reference cycles; refcounting frees it, and
+    anything cyclic made meanwhile waits for the next pass after the call.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def decode_payloads(
     body: bytes, ndjson: bool | None, max_event_bytes: int, source: str, ref: str | None
 ) -> Decoded:
@@ -52,6 +73,13 @@ def decode_payloads(
 
     Pure and picklable in both directions: it runs in a worker process.
     """
+    with _collector_paused():
+        return _decode_payloads(body, ndjson, max_event_bytes, source, ref)
+
+
+def _decode_payloads(
+    body: bytes, ndjson: bool | None, max_event_bytes: int, source: str, ref: str | None
+) -> Decoded:
     received = now_ms()
     # One item at a time: each event becomes its payload and is dropped before the next is
     # parsed, which costs far less in allocation than holding a body's worth of events.
@@ -94,6 +122,11 @@ def decode_messages(messages: list[tuple[bytes, str]], max_event_bytes: int, sou
     Pure and picklable: it runs in a worker process for large batches. Rejected
     items become quarantine payloads that carry their message's ref.
     """
+    with _collector_paused():
+        return _decode_messages(messages, max_event_bytes, source)
+
+
+def _decode_messages(messages: list[tuple[bytes, str]], max_event_bytes: int, source: str) -> DecodedMessages:
     received = now_ms()
     decoder = Decoder(max_event_bytes=max_event_bytes, source=source)
     out = DecodedMessages([], [], [], [], [])

@@ -107,3 +107,35 @@ async def test_start_brings_up_every_worker_off_the_event_loop() -> None:
     off = DecodePool(0)
     await off.start()
     assert off._pool is None, "no workers: nothing is started"
+
+
+def test_parsing_a_large_array_runs_no_collection_and_leaves_the_collector_as_it_was() -> None:
+    # A 2,000-record array is built whole before its first record is released; collection
+    # passes over it cost more than the parse. None may run during the decode, and the
+    # collector comes back in the state it was in, after a bad body too.
+    import gc
+
+    body = b"[" + b",".join(_body(2000).split(b"\n")[:-1]) + b"]"
+    passes: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            passes.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        decoded = decode_payloads(body, False, 262144, "http", None)
+        assert decoded.accepted == 2000
+        assert passes == [], f"{len(passes)} collection passes during the decode"
+        assert gc.isenabled()
+        with pytest.raises(TypeError):
+            decode_payloads(None, False, 262144, "http", None)  # type: ignore[arg-type]
+        assert gc.isenabled(), "restored after an error"
+        gc.disable()
+        try:
+            decode_payloads(body, False, 262144, "http", None)
+            assert not gc.isenabled(), "a collector paused by the caller stays paused"
+        finally:
+            gc.enable()
+    finally:
+        gc.callbacks.remove(count)
