@@ -110,10 +110,7 @@ async def test_an_idle_stream_is_polled_at_the_expiry_pace(broker: NatsBroker, j
     source = source_for(broker, journal, fetch_timeout="500ms")
     await source.start()
     try:
-        await wait_for(lambda: _healthy(source), 10, "source connected")
-        first = source.pulls
-        await asyncio.sleep(3)
-        pulls = source.pulls - first
+        pulls = await _pulls_in_3s(source)
     finally:
         await source.stop()
     # One request per expiry (0.5 s): about 6 in 3 s; a loop that re-polls at once makes thousands.
@@ -141,10 +138,7 @@ async def test_requests_answered_at_once_with_nothing_do_not_spin(
     source = AnsweredAtOnce(cfg, Intake(journal), "w1")
     await source.start()
     try:
-        await wait_for(lambda: _healthy(source), 10, "source connected")
-        first = source.pulls
-        await asyncio.sleep(3)
-        pulls = source.pulls - first
+        pulls = await _pulls_in_3s(source)
         await broker.publish([event(i) for i in range(5)])
         await wait_for(lambda: _outstanding_zero(broker), 10, "messages still flow")
     finally:
@@ -258,6 +252,14 @@ async def _create_consumer(broker: NatsBroker, **limits: int) -> None:
 
 async def _said(statuses: list[str], status: str) -> bool:
     return status in statuses
+
+
+async def _pulls_in_3s(source: CountingSource) -> int:
+    """Pull requests the connected source sends in 3 s."""
+    await wait_for(lambda: _healthy(source), 10, "source connected")
+    first = source.pulls
+    await asyncio.sleep(3)
+    return source.pulls - first
 
 
 async def _healthy(source: NatsSource) -> bool:
