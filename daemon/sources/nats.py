@@ -96,7 +96,7 @@ JS_API = "$JS.API"
 # connection is taken for dead.
 PULL_GRACE = 5.0
 # Statuses that end a pull request for a reason that passes: another request is tried
-# after a pause. Any other status but 404/408 (a deleted consumer, a request over the
+# one fetch_timeout after it. Any other status but 404/408 (a deleted consumer, a request over the
 # consumer's limits) ends the session with the server's description.
 TRANSIENT_409 = ("409 Exceeded MaxWaiting", "409 Leadership Change", "409 Server Shutdown")
 
@@ -116,6 +116,7 @@ class NatsSource(QueueSource):
         # The pull in progress: messages delivered and not yet fetched, how many the open
         # request still owes, and why it ended when it ended with a status.
         self._inbox = ""
+        self._next_subject = ""
         self._ready: collections.deque[Msg] = collections.deque()
         self._owed = 0
         self._delivered = 0  # by the last request
@@ -157,10 +158,8 @@ class NatsSource(QueueSource):
         self._js = self._nc.jetstream()
         await self._ensure_stream()
         await self._ensure_consumer()
-        self._ready.clear()
-        self._owed = 0
-        self._pulled_at = 0.0
-        self._refused = None
+        self._forget_pull()
+        self._next_subject = f"{JS_API}.CONSUMER.MSG.NEXT.{c.stream}.{c.consumer}"
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
 
@@ -191,6 +190,13 @@ class NatsSource(QueueSource):
             self._owed = 0
         self._arrived.set()
 
+    def _forget_pull(self) -> None:
+        """Drop the pull of a connection that is going or gone."""
+        self._ready.clear()
+        self._owed = 0
+        self._pulled_at = 0.0
+        self._refused = None
+
     async def _pull(self) -> None:
         """Ask for the next batch; it is delivered to the inbox as messages become available,
         until the batch is full or the request expires."""
@@ -199,9 +205,7 @@ class NatsSource(QueueSource):
         self._delivered = 0
         self._pulled_at = time.monotonic()
         request = {"batch": c.batch, "expires": int(c.fetch_timeout * 1e9)}
-        await self._nc.publish(
-            f"{JS_API}.CONSUMER.MSG.NEXT.{c.stream}.{c.consumer}", orjson.dumps(request), reply=self._inbox
-        )
+        await self._nc.publish(self._next_subject, orjson.dumps(request), reply=self._inbox)
 
     async def _ensure_stream(self) -> None:
         c = self.cfg
@@ -254,8 +258,7 @@ class NatsSource(QueueSource):
 
     async def disconnect(self) -> None:
         # Messages delivered and not yet fetched are never acked: JetStream redelivers them.
-        self._ready.clear()
-        self._owed = 0
+        self._forget_pull()
         nc, self._nc, self._sub, self._js = self._nc, None, None, None
         if nc is not None:
             with contextlib.suppress(Exception):
@@ -271,8 +274,9 @@ class NatsSource(QueueSource):
         if not self._ready:
             if self._owed <= 0 and self._refused is None:
                 # A request that ended early with nothing (a server answering at once
-                # that it has nothing) does not make the next one go out at once: at most
-                # one request per fetch_timeout while nothing flows.
+                # that it has nothing, or refusing it for a passing reason) does not make
+                # the next one go out at once: at most one request per fetch_timeout while
+                # nothing flows.
                 if not self._delivered:
                     await asyncio.sleep(max(0.0, self._pulled_at + c.fetch_timeout - time.monotonic()))
                 await self._pull()
@@ -299,7 +303,6 @@ class NatsSource(QueueSource):
                         f"{c.stream!r}: {refused}"
                     )
                 self.log.warning("nats.pull_refused", status=refused)
-                await asyncio.sleep(c.fetch_timeout)
             if not self._ready:
                 self._check_open()
                 return []

@@ -90,6 +90,18 @@ class RedisSource(QueueSource):
         self._claim_from = "0-0"
         self._last_claim = 0.0
         self._field = config.field.encode()
+        self._read_params = ReadParams(
+            config.url,
+            f"trailkeeper-{self.name}-{self.consumer}-reader",
+            config.stream,
+            config.group,
+            self.consumer,
+            config.batch,
+            self._field,
+            config.max_message_bytes,
+            config.max_event_bytes,
+            self.name,
+        )
 
     async def connect(self) -> None:
         c = self.cfg
@@ -119,7 +131,8 @@ class RedisSource(QueueSource):
                 await r.aclose()
 
     def _message(self, entry_id: bytes, fields: dict[bytes, bytes] | None, redelivered: bool) -> Message:
-        return self._entry(entry_id, (fields or {}).get(self._field), fields or {}, redelivered)
+        fields = fields or {}
+        return self._entry(entry_id, fields.get(self._field), fields, redelivered)
 
     def _entry(
         self, entry_id: bytes, body: bytes | None, fields: dict[bytes, bytes], redelivered: bool
@@ -171,22 +184,7 @@ class RedisSource(QueueSource):
         pool = self.pool
         if pool is None or pool.workers <= 0 or self._recovering or self._claim_due():
             return await super().fetch_decoded(worker)
-        c = self.cfg
-        read = await pool.call(
-            read_ahead,
-            ReadParams(
-                c.url,
-                f"trailkeeper-{self.name}-{self.consumer}-reader",
-                c.stream,
-                c.group,
-                self.consumer,
-                c.batch,
-                self._field,
-                c.max_message_bytes,
-                c.max_event_bytes,
-                self.name,
-            ),
-        )
+        read = await pool.call(read_ahead, self._read_params)
         if not read.ids:
             # Nothing waiting: block on the event loop's connection until entries come.
             return await super().fetch_decoded(worker)
