@@ -130,14 +130,16 @@ async def _latencies(tmp_path: Path, with_dead: bool, n: int) -> tuple[list[floa
         for rec in key_events(n):
             sent_at[rec["eventID"]] = time.time()
             await post_events(s, app.http_port or 0, [rec])
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.01)
     await good.wait_for(lambda r: len(r.ok()) >= n, 30)
     lat = [r.at - sent_at[r.json()["event"]["id"]] for r in good.ok()]
     return lat, good, dead, app
 
 
 async def test_dead_endpoint_parks_without_slowing_the_healthy_one(tmp_path: Path) -> None:
-    n = 100
+    # 300 samples: the p99 is then the third-highest latency, not the highest, so one
+    # scheduling hiccup of a shared 2-core machine does not decide the comparison.
+    n = 300
     base_lat, g0, d0, app0 = await _latencies(tmp_path / "alone", False, n)
     await app0.stop()
     await g0.stop()
@@ -176,7 +178,7 @@ async def test_dead_endpoint_parks_without_slowing_the_healthy_one(tmp_path: Pat
             text=True,
             check=True,
         )
-        assert '"replayed":100' in out.stdout
+        assert f'"replayed":{n}' in out.stdout
         await dead.wait_for(lambda r: len(r.ok()) >= n, 30)
         await asyncio.sleep(1.5)
         assert await asyncio.to_thread(list_dead_sync, box) == []
