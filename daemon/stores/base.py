@@ -66,6 +66,14 @@ class Store(Protocol):
 
     async def put(self, key: str, data: bytes) -> None: ...
 
+    async def replace(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` whether or not it holds an object (atomic: readers see old or new).
+
+        Only for the few objects that are meant to change (the published checkpoint); on a
+        versioned or Object Lock bucket every replaced version is kept.
+        """
+        ...
+
     async def get(self, key: str) -> bytes: ...
 
     async def head(self, key: str) -> ObjectInfo | None: ...

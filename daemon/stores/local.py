@@ -110,6 +110,32 @@ class LocalStore:
         except OSError as exc:
             raise self._wrap(exc, "write", key) from exc
 
+    def _replace_sync(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            try:
+                os.write(fd, data)
+                if self.config.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(tmp, self.config.file_mode)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if self.config.fsync:
+            fsync_dir(path.parent)
+
+    async def replace(self, key: str, data: bytes) -> None:
+        """Atomically write or overwrite ``key`` (temp file, fsync, rename)."""
+        try:
+            await asyncio.to_thread(self._replace_sync, key, data)
+        except OSError as exc:
+            raise self._wrap(exc, "write", key) from exc
+
     def _get_sync(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()

@@ -398,14 +398,10 @@ class S3Store:
 
     # --- the Store protocol -----------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes) -> None:
-        """Write ``data`` at ``key`` once. Idempotent; ObjectConflict on different bytes.
-
-        May raise StoreUnavailable (after retries), StorePermanentError, ObjectConflict.
-        """
-        full = self._full(key)
+    def _put_params(self, key: str, data: bytes) -> dict[str, Any]:
+        """put_object arguments: checksums, encryption, storage class and Object Lock."""
         sha = hashlib.sha256(data).digest()
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": full, "Body": data}
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "Body": data}
         cfg = self.config
         if "md5" in cfg.checksum:
             params["ContentMD5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
@@ -425,6 +421,16 @@ class S3Store:
             )
             if cfg.object_lock.legal_hold:
                 params["ObjectLockLegalHoldStatus"] = "ON"
+        return params
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` once. Idempotent; ObjectConflict on different bytes.
+
+        May raise StoreUnavailable (after retries), StorePermanentError, ObjectConflict.
+        """
+        full = self._full(key)
+        sha = hashlib.sha256(data).digest()
+        params = self._put_params(key, data)
 
         async def attempt(client: Any) -> None:
             if self._conditional:
@@ -452,6 +458,19 @@ class S3Store:
             if await self._head(client, full) is not None:
                 await self._same_or_conflict(client, key, full, sha, len(data))
                 return
+            await client.put_object(**params)
+
+        await self._call("put", "write", key, attempt)
+        STORE_OPERATIONS.labels(self.name, "put", "ok").inc()
+
+    async def replace(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key``, overwriting. On a versioned or locked bucket a new version.
+
+        May raise StoreUnavailable (after retries) or StorePermanentError.
+        """
+        params = self._put_params(key, data)
+
+        async def attempt(client: Any) -> None:
             await client.put_object(**params)
 
         await self._call("put", "write", key, attempt)

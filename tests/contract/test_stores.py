@@ -92,6 +92,13 @@ async def test_concurrent_identical_puts_all_succeed(store: Store) -> None:
     assert await store.get("race/one") == data
 
 
+async def test_replace_writes_and_overwrites_one_object(store: Store) -> None:
+    await store.replace("t/_checkpoint/w1", b"first")
+    await store.replace("t/_checkpoint/w1", b"second, longer")
+    assert await store.get("t/_checkpoint/w1") == b"second, longer"
+    assert [o.key async for o in store.list("t/")] == ["t/_checkpoint/w1"]
+
+
 async def test_missing_objects(store: Store) -> None:
     assert await store.head("nope/none") is None
     with pytest.raises(ObjectMissing):
