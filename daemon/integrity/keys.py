@@ -1,17 +1,24 @@
 """Ed25519 signing keys: generated on first run, rotated, listed, exported.
 
 A keys directory holds ``<id>.key`` (PKCS#8 PEM private key, mode 0600) and
-``<id>.vkey`` (the public verifier key string) per key, and ``active`` naming
-the key that signs. Rotation makes a new key active and deletes the old
-private key; its ``.vkey`` stays, so everything it signed still validates.
+``<id>.vkey`` (the public verifier key string) per key, ``active`` naming
+the key that signs, and ``history.json``: when each key was made and retired.
+Rotation makes a new key active and deletes the old private key; its
+``.vkey`` stays, so everything it signed still validates.
+
+This directory is on the archive host and writable by the daemon: validation
+trusts what ``trailkeeper keys export-public`` wrote from it (a trust file kept
+elsewhere), never the directory itself unless asked to.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -79,6 +86,22 @@ class KeyStore:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
 
+    def history(self) -> dict[str, dict[str, float | None]]:
+        """Key id -> {"created": t, "retired": t or None}; keys made before the history
+        existed get the time of their ``.vkey`` file."""
+        p = self.dir / "history.json"
+        out: dict[str, dict[str, float | None]] = {}
+        if p.exists():
+            out = orjson.loads(p.read_bytes())
+        for path in self.dir.glob("*.vkey") if self.dir.exists() else ():
+            out.setdefault(path.stem, {"created": path.stat().st_mtime, "retired": None})
+        return out
+
+    def _record(self, kid: str, field: str, at: float) -> None:
+        hist = self.history()
+        hist.setdefault(kid, {"created": at, "retired": None})[field] = at
+        _write_text(self.dir / "history.json", orjson.dumps(hist, option=orjson.OPT_INDENT_2).decode())
+
     def _active_id(self) -> str | None:
         p = self.dir / "active"
         return p.read_text().strip() if p.exists() else None
@@ -92,6 +115,7 @@ class KeyStore:
         pem = signer.private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         _write_private(self.dir / f"{kid}.key", pem)
         _write_text(self.dir / f"{kid}.vkey", signer.verifier.vkey() + "\n")
+        self._record(kid, "created", time.time())
         if activate:
             _write_text(self.dir / "active", kid + "\n")
         return signer
@@ -118,6 +142,7 @@ class KeyStore:
         new = self.generate(old.name)
         old_id = old.key_id.hex()
         (self.dir / f"{old_id}.key").unlink(missing_ok=True)
+        self._record(old_id, "retired", time.time())
         return new, old_id
 
     def _verifier(self, kid: str) -> Verifier:
