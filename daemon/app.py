@@ -304,6 +304,8 @@ class App:
         for source in self.sources:
             if not source.healthy:
                 problems.append(f"source {source.name} ({source.type}): {source.last_error}")
+        if self.integrity is not None:
+            problems += self.integrity.problems()
         for name, store in self.stores.items():
             try:
                 await asyncio.wait_for(store.check(), timeout=5)

@@ -261,6 +261,9 @@ class Config(Strict):
             if job.name in jobs:
                 errors.append(f"backup.jobs[{i}].name: backup job {job.name!r} is defined twice")
             jobs.add(job.name)
+        for i, name in enumerate(self.integrity.checkpoint_stores):
+            if name not in self.stores:
+                errors.append(f"integrity.checkpoint_stores[{i}]: no store named {name!r} in stores")
         if errors:
             raise ValueError("; ".join(errors))
         return self

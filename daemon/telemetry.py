@@ -206,6 +206,32 @@ DIGEST_LAST_SUCCESS = Gauge(
     ["tracker"],
     registry=REGISTRY,
 )
+CHECKPOINT_PUBLISHED = Counter(
+    "trailkeeper_checkpoint_published_total",
+    "Checkpoints written to a store's _checkpoint/<writer> object, by tracker, store and result "
+    "(ok, failed).",
+    ["tracker", "store", "result"],
+    registry=REGISTRY,
+)
+WITNESS_REQUESTS = Counter(
+    "trailkeeper_witness_requests_total",
+    "add-checkpoint requests to witnesses, by tracker, witness name and result "
+    "(cosigned, conflict, refused, unavailable).",
+    ["tracker", "witness", "result"],
+    registry=REGISTRY,
+)
+WITNESS_LAST_COSIGNED = Gauge(
+    "trailkeeper_witness_last_cosigned_timestamp_seconds",
+    "When a witness last cosigned a tracker's checkpoint (Unix time).",
+    ["tracker", "witness"],
+    registry=REGISTRY,
+)
+WITNESS_MISSED_INTERVALS = Gauge(
+    "trailkeeper_witness_missed_intervals",
+    "Digest intervals in a row for which a witness gave no cosignature (0 when current).",
+    ["tracker", "witness"],
+    registry=REGISTRY,
+)
 VALIDATE_FINDINGS = Counter(
     "trailkeeper_validate_findings_total",
     "Problems found by validation runs, by tracker and finding "

@@ -5,9 +5,33 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 from daemon.units import Duration
+
+
+class WitnessConfig(BaseModel):
+    """A C2SP tlog-witness that cosigns each new checkpoint (``trailkeeper witness`` or any other)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    url: AnyHttpUrl
+    """Base URL; the daemon POSTs to <url>/add-checkpoint."""
+    vkey: str = Field(min_length=1)
+    """The witness's public key (name+keyid+base64, type 0x04), as `trailkeeper witness init` prints it."""
+    timeout: Duration = 10.0
+    """Per request."""
+
+    @field_validator("vkey")
+    @classmethod
+    def _vkey(cls, v: str) -> str:
+        from daemon.integrity.checkpoint import NoteError
+        from daemon.integrity.cosignature import parse_cosigner_vkey
+
+        try:
+            parse_cosigner_vkey(v)
+        except NoteError as exc:
+            raise ValueError(str(exc)) from exc
+        return v.strip()
 
 
 class IntegrityConfig(BaseModel):
@@ -24,6 +48,16 @@ class IntegrityConfig(BaseModel):
     """How often a signed digest lists the files of the interval (also written at shutdown)."""
     state_dir: Path | None = None
     """Leaf hashes and digest chain state; null: <journal.dir>/integrity."""
+    trust_file: Path | None = None
+    """Pinned keys for `trailkeeper validate` (written by `trailkeeper keys export-public`); keep it off
+    the archive host. Without it (or --trust / --public-key) validate refuses to trust keys_dir."""
+    checkpoint_stores: list[str] = Field(default_factory=list)
+    """Extra stores (names from `stores`) that also get every published checkpoint, for example a locked
+    bucket in another account: validate reads them too, so a rolled-back archive host is caught."""
+    witnesses: list[WitnessConfig] = Field(default_factory=list)
+    """Witnesses that cosign each digest interval's checkpoint; validate --witness-key checks their work."""
+    witness_alert_after: int = Field(default=3, ge=1)
+    """Intervals without a cosignature from a witness before /readyz and the metrics report it."""
 
     @field_validator("origin")
     @classmethod

@@ -21,7 +21,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,6 +30,9 @@ from daemon.integrity.checkpoint import Checkpoint, Signer, Verifier
 from daemon.integrity.tree import TreeLog
 from daemon.stores.base import Store, StoreError
 from daemon.telemetry import get_logger
+
+if TYPE_CHECKING:
+    from daemon.integrity.witnessing import CheckpointPublisher
 
 log = get_logger("integrity")
 
@@ -115,8 +118,11 @@ def load_chain_state(tree_dir: Path) -> dict[str, Any]:
 class DigestWriter:
     """Emits one tracker's digests. ``run()`` until ``stop()``; stop writes the chain-end digest.
 
-    Each digest is recorded as pending (fsynced) before it is put, so a crash between
-    the two re-puts the same bytes on the next start rather than leaving a hole.
+    ``run`` writes a chain-start digest at once (so a young archive has a head to be
+    measured against), then one every interval. Each digest is recorded as pending
+    (fsynced) before it is put, so a crash between the two re-puts the same bytes on
+    the next start rather than leaving a hole. After each digest the checkpoint is
+    published and witnessed (``publisher``), which never holds the chain back.
     """
 
     def __init__(
@@ -131,6 +137,8 @@ class DigestWriter:
         origin: str,
         interval: float,
         clock: Callable[[], float] = time.time,
+        reload_signer: Callable[[], Signer] | None = None,
+        publisher: CheckpointPublisher | None = None,
     ) -> None:
         self.store = store
         self.prefix = prefix
@@ -141,6 +149,9 @@ class DigestWriter:
         self.origin = origin_for(origin, tracker, writer)
         self.interval = interval
         self.clock = clock
+        self.reload_signer = reload_signer
+        self.publisher = publisher
+        self._emit_lock = asyncio.Lock()
         self.state = _ChainState(tree.dir / "chain.json")
         self._stop = asyncio.Event()
         self._deadline: float | None = None
@@ -176,6 +187,7 @@ class DigestWriter:
             await self.start()
         try:
             await self._finish_pending()
+            await self.emit(end_chain=False)
             await self._loop()
         except _GiveUp:
             log.warning(
@@ -200,7 +212,48 @@ class DigestWriter:
         self._stop.set()
 
     async def emit(self, *, end_chain: bool) -> str:
-        """Write one digest now; returns its key. Retries the store until it takes it."""
+        """Write one digest now; returns its key. Retries the store until it takes it.
+
+        Serialised: concurrent calls write consecutive digests, never two with one sequence.
+        """
+        async with self._emit_lock:
+            key = await self._emit(end_chain)
+        await self._publish()
+        return key
+
+    async def _refresh_signer(self) -> None:
+        # A rotated key signs from the next digest on: the trust file's validity windows
+        # assume a retired key stops signing within one interval.
+        if self.reload_signer is None:
+            return
+        try:
+            signer = await asyncio.to_thread(self.reload_signer)
+        except Exception as exc:  # a broken key file must not stop the chain: keep signing
+            log.error("integrity.key_reload_failed", tracker=self.tracker, error=str(exc))
+            return
+        if signer.key_id != self.signer.key_id:
+            log.info("integrity.key_rotated", tracker=self.tracker, key_id=signer.key_id.hex())
+            self.signer = signer
+
+    async def _publish(self) -> None:
+        if self.publisher is None:
+            return
+        last = self.state.doc.get("last")
+        if not last:
+            return
+        witnesses = self.state.doc.setdefault("witnesses", {})
+        self.state.doc["published"] = await self.publisher.publish(
+            last["checkpoint"], int(last["tree_size"]), self.tree, witnesses
+        )
+        await asyncio.to_thread(self.state.save_sync)
+
+    def witness_problems(self) -> list[str]:
+        if self.publisher is None:
+            return []
+        return self.publisher.healthy_problems(self.state.doc.get("witnesses", {}))
+
+    async def _emit(self, end_chain: bool) -> str:
+        await self._refresh_signer()
         async with self.tree.lock:
             st = self.state.doc
             through = int(st["files_through"])
@@ -228,6 +281,7 @@ class DigestWriter:
             else {k: last[k] for k in ("key", "sha256", "signature", "end_time", "tree_size")},
             "tree_size_before": files[0].first_leaf if files else size,
             "tree_size": size,
+            "digest_interval": self.interval,
             "files": [f.to_digest() for f in files],
             "checkpoint": checkpoint,
         }

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 from daemon.archive.archiver import Listener
 from daemon.integrity.checkpoint import Signer
 from daemon.integrity.digest import DigestWriter
-from daemon.integrity.keys import KeyStore, signer_from_file
+from daemon.integrity.keys import KeyError_, KeyStore, signer_from_file
 from daemon.integrity.tree import IntegrityRecorder
+from daemon.integrity.witnessing import CheckpointPublisher
 from daemon.stores.base import Store
 from daemon.telemetry import get_logger
 
@@ -25,6 +26,17 @@ def load_signer(config: Config) -> Signer:
     if ic.key_file is not None:
         return signer_from_file(ic.key_file, ic.origin)
     return KeyStore(ic.keys_dir).ensure(ic.origin)
+
+
+def current_signer(config: Config) -> Signer:
+    """The signer now configured, never generating one (a vanished key is an error, not a new key)."""
+    ic = config.integrity
+    if ic.key_file is not None:
+        return signer_from_file(ic.key_file, ic.origin)
+    signer = KeyStore(ic.keys_dir).active()
+    if signer is None:
+        raise KeyError_(f"{ic.keys_dir}: no active key any more; keeping the one loaded at start")
+    return signer
 
 
 class Integrity:
@@ -45,8 +57,18 @@ class Integrity:
             return
         signer = await asyncio.to_thread(load_signer, self.config)
         log.info("integrity.key_loaded", key_name=signer.name, key_id=signer.key_id.hex())
+        ic = self.config.integrity
         for t in verified:
             tree = await self.recorder.tree(t.name)
+            publisher = CheckpointPublisher(
+                tracker=t.name,
+                writer=self.writer,
+                prefix=t.prefix,
+                stores=[self.stores[t.store]]
+                + [self.stores[n] for n in ic.checkpoint_stores if n != t.store],
+                witnesses=ic.witnesses,
+                alert_after=ic.witness_alert_after,
+            )
             dw = DigestWriter(
                 store=self.stores[t.store],
                 prefix=t.prefix,
@@ -55,11 +77,17 @@ class Integrity:
                 tree=tree,
                 signer=signer,
                 origin=self.config.integrity.origin,
-                interval=self.config.integrity.digest_interval,
+                interval=ic.digest_interval,
+                reload_signer=lambda: current_signer(self.config),
+                publisher=publisher,
             )
             await dw.start()
             self.writers[t.name] = dw
             self._tasks.append(asyncio.create_task(dw.run(), name=f"digest.{t.name}"))
+
+    def problems(self) -> list[str]:
+        """Witnesses that have stopped cosigning, for /readyz."""
+        return [p for dw in self.writers.values() for p in dw.witness_problems()]
 
     def listeners(self, delivery: str) -> list[Listener]:
         return [self.recorder.on_stored] if delivery in self.writers else []
@@ -72,3 +100,6 @@ class Integrity:
         for r in results:
             if isinstance(r, BaseException):
                 log.error("integrity.stop_failed", error=str(r))
+        for dw in self.writers.values():
+            if dw.publisher is not None:
+                await dw.publisher.close()
