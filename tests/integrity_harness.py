@@ -37,21 +37,28 @@ def make_events(n: int) -> list[bytes]:
     return lines
 
 
-def config_for(root: Path, max_events: int) -> object:
+def config_for(root: Path, max_events: int, integrity_extra: str = "") -> object:
     text = f"""
 writer_id: w1
 journal: {{dir: {root}/journal, fsync: false}}
 stores: {{local: {{type: local, path: {root}/archive, fsync: false}}}}
 trackers: [{{name: default, store: local, prefix: trails, file: {{max_events: {max_events}, max_age: 3600}}}}]
-integrity: {{keys_dir: {root}/keys, state_dir: {root}/state, digest_interval: 3600}}
+integrity: {{keys_dir: {root}/keys, state_dir: {root}/state, digest_interval: 3600{integrity_extra}}}
 metrics: {{listen: null}}
 """
     return parse_config(text)
 
 
-async def build_archive(root: Path, events: int, max_events: int, digests: int) -> None:
-    """Archive ``events`` events; write ``digests`` interval digests plus the chain end."""
-    config = config_for(root, max_events)
+async def build_archive(
+    root: Path, events: int, max_events: int, digests: int, live: bool = False, integrity_extra: str = ""
+) -> None:
+    """Archive ``events`` events; write ``digests`` interval digests plus the chain end.
+
+    ``live``: leave the chain open, as a writer that is still running (or was killed) does.
+    ``integrity_extra``: more ``integrity:`` keys (``, witnesses: [...]``). Each published
+    checkpoint is also copied to ``<root>/published/<sequence>/``, as an attacker could keep them.
+    """
+    config = config_for(root, max_events, integrity_extra)
     stores = {n: build_store(n, sc) for n, sc in config.stores.items()}  # type: ignore[attr-defined]
     journal = Journal(config.journal.dir, max_bytes=8 * 1024**3, fsync=False)  # type: ignore[attr-defined]
     integ = Integrity(config, stores, "w1")  # type: ignore[arg-type]
@@ -81,7 +88,16 @@ async def build_archive(root: Path, events: int, max_events: int, digests: int) 
             still = still + 1 if size == seen else 0
             seen = size
         await dw.emit(end_chain=False)
+        keep = root / "published" / str(dw.state.doc["sequence"])
+        keep.mkdir(parents=True, exist_ok=True)
+        for p in (root / "archive").rglob("_checkpoint/*"):
+            (keep / p.name).write_bytes(p.read_bytes())
     archiver.stop()
     await task
-    await integ.stop()
+    if live:
+        for t in integ._tasks:
+            t.cancel()
+        await asyncio.gather(*integ._tasks, return_exceptions=True)
+    else:
+        await integ.stop()
     await journal.close()

@@ -10,7 +10,16 @@ Every object under the prefix ends up with one status:
   time or tree continuity to its predecessor is broken); ``truncated`` (the tail
   is shorter than a trusted checkpoint, or older than ``--max-age``);
 - ``pending``: a file after the newest digest of a live chain (not yet listed;
-  does not fail validation); ``skipped``: not read because of ``--since``.
+  does not fail validation), within one digest interval and a grace of the
+  head's time and of now; ``skipped``: not read because of ``--since``;
+- ``unwitnessed``: witness keys were given and the chain's newest checkpoint
+  lacks the required cosignatures.
+
+Nothing an attacker on the archive host controls is taken on trust: every file
+reported on is read and hashed on every run (no cache keyed on size or mtime),
+keys come from the caller (a trust file, ``--public-key``), and the tail is
+checked against every checkpoint published beside the archive, in extra
+checkpoint stores, and by witnesses, whose cosignatures pin what they saw.
 
 Hashing and decompression run in a thread pool (hashlib and zlib release the
 GIL), so chains are checked in parallel and the event loop never blocks.
@@ -19,17 +28,22 @@ GIL), so chains are checked in parallel and the event loop never blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import hashlib
 import os
 import re
 import time
+import zlib
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
+import zstandard
 
 from daemon.archive.fileformat import FileFormatError, decompress, split_records
 from daemon.integrity import merkle
@@ -41,8 +55,11 @@ from daemon.integrity.checkpoint import (
     Verifier,
     open_checkpoint,
 )
+from daemon.integrity.cosignature import CosignerKey, cosignatures, merge_signatures
 from daemon.integrity.digest import DIGEST_DIR, parse_iso, verify_digest
-from daemon.stores.base import ObjectInfo, ObjectMissing, Store
+from daemon.integrity.trust import Trust
+from daemon.integrity.witnessing import CHECKPOINT_DIR, WitnessError, fetch_witnessed
+from daemon.stores.base import ObjectInfo, ObjectMissing, Store, StoreError
 
 FAILING = {
     "modified",
@@ -53,7 +70,13 @@ FAILING = {
     "unknown-key",
     "chain-gap",
     "truncated",
+    "unwitnessed",
 }
+# How far a pending file's name may run ahead of the chain head's time plus one
+# interval, and of the validator's clock: clock skew and a file closing late.
+PENDING_GRACE = 300.0
+# A digest this young may not be witnessed yet: the daemon asks the witnesses right after it.
+WITNESS_GRACE = 120.0
 _STAMP = re.compile(r"_(\d{8}T\d{4})Z_\d+-\d+\.json\.gz$")
 
 
@@ -73,8 +96,9 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     bytes_read: int = 0
     files_read: int = 0
-    files_cached: int = 0
     chains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trust: str = ""
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
     def flag(self, category: str, key: str, detail: str) -> None:
         self.findings.append(Finding(category, key, detail))
@@ -99,8 +123,9 @@ class Report:
             "findings": [f.to_json() for f in self.findings],
             "chains": self.chains,
             "files_read": self.files_read,
-            "files_cached": self.files_cached,
             "bytes_read": self.bytes_read,
+            "trust": self.trust,
+            "checkpoints": self.checkpoints,
         }
 
 
@@ -119,7 +144,7 @@ def analyze_file(data: bytes) -> _FileResult:
     try:
         raw = decompress(data)
         records = split_records(raw)
-    except (OSError, EOFError, FileFormatError) as exc:
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError, FileFormatError) as exc:
         return _FileResult(sha, 0, "", None, f"cannot read records: {exc}")
     h = hashlib.sha256
     leaves = [h(b"\x00" + r).digest() for r in records]
@@ -137,66 +162,89 @@ class _Digest:
 class Trusted:
     note: str
     checkpoint: Checkpoint
-
-
-class _Cache:
-    """Verified file results keyed by (key, size, mtime) and the tree state before them."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.files: dict[str, dict[str, Any]] = {}
-        if path is not None and path.exists():
-            try:
-                self.files = orjson.loads(path.read_bytes()).get("files", {})
-            except orjson.JSONDecodeError:
-                self.files = {}
-
-    def save(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_bytes(orjson.dumps({"files": self.files}))
-        os.replace(tmp, self.path)
-
-
-def default_cache_path(store: str, prefix: str) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trailkeeper"
-    tag = hashlib.sha256(f"{store}\n{prefix}".encode()).hexdigest()[:16]
-    return base / f"validate-{tag}.json"
+    source: str = "--trusted-checkpoint"
+    cosigned_by: list[str] = field(default_factory=list)
 
 
 class Validator:
+    """One validation run over the archive under ``prefix``. ``run()`` once; read ``report``.
+
+    ``trust`` holds the signing keys accepted (with their validity windows);
+    ``witness_keys`` and ``witnesses_required`` make the newest checkpoint of each
+    chain need that many cosignatures; ``witness_urls`` are asked for what they
+    cosigned; ``checkpoint_stores`` hold copies of the published checkpoints.
+    """
+
     def __init__(
         self,
         store: Store,
         prefix: str,
-        verifiers: list[Verifier],
+        trust: Trust | Sequence[Verifier],
         *,
         trusted: list[str] | None = None,
         max_age: float | None = None,
         since: float | None = None,
-        cache_path: Path | None = None,
         workers: int | None = None,
         progress: bool = False,
         now: float | None = None,
+        digest_interval: float = 3600.0,
+        witness_keys: Sequence[CosignerKey] = (),
+        witnesses_required: int | None = None,
+        witness_urls: Sequence[str] = (),
+        checkpoint_stores: Sequence[Store] = (),
+        witness_timeout: float = 10.0,
     ) -> None:
         self.store = store
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.verifiers = verifiers
+        if not isinstance(trust, Trust):
+            from daemon.integrity.trust import TrustedKey
+
+            trust = Trust([TrustedKey(v) for v in trust], "--public-key")
+        self.trust = trust
+        self.verifiers = trust.verifiers
         self.trusted_notes = trusted or []
         self.max_age = max_age
         self.since = since
-        self.cache = _Cache(cache_path)
         self.workers = workers or min(8, (os.cpu_count() or 2))
         self.progress = progress
         self.now = now if now is not None else time.time()
-        self.report = Report()
+        self.digest_interval = digest_interval
+        self.witness_keys = list(witness_keys)
+        self.witnesses_required = (
+            witnesses_required if witnesses_required is not None else (1 if self.witness_keys else 0)
+        )
+        if self.witnesses_required > len(self.witness_keys):
+            raise ValueError(
+                f"--witnesses {self.witnesses_required} asks for more cosignatures than the "
+                f"{len(self.witness_keys)} witness key(s) given"
+            )
+        self.witness_urls = list(witness_urls)
+        self.checkpoint_stores = list(checkpoint_stores)
+        self.witness_timeout = witness_timeout
+        self.report = Report(trust=f"{trust.source}{'' if trust.pinned else ' (NOT pinned)'}")
 
     async def run(self) -> Report:
-        objects = {o.key: o async for o in self.store.list(self.prefix)}
-        digest_keys = [k for k in objects if f"/{DIGEST_DIR}/" in f"/{k}" and k.endswith(".json")]
-        file_keys = [k for k in objects if k not in set(digest_keys)]
+        report = await self._run_once()
+        if any(f.category == "truncated" for f in report.findings) and await self._moved_on():
+            # The daemon wrote a digest (and got it witnessed) while we read: measure again.
+            self.report = Report(trust=report.trust)
+            self.now = time.time()
+            report = await self._run_once()
+        return report
+
+    async def _moved_on(self) -> bool:
+        keys = {o.key async for o in self.store.list(self.prefix) if f"/{DIGEST_DIR}/" in f"/{o.key}"}
+        return not keys <= self._digest_keys
+
+    async def _run_once(self) -> Report:
+        infos = {o.key: o async for o in self.store.list(self.prefix)}
+        digest_keys = [k for k in infos if f"/{DIGEST_DIR}/" in f"/{k}" and k.endswith(".json")]
+        checkpoint_keys = [k for k in infos if f"/{CHECKPOINT_DIR}/" in f"/{k}"]
+        self._digest_keys = set(digest_keys)
+        skip = set(digest_keys) | set(checkpoint_keys)
+        file_keys = [k for k in infos if k not in skip]
+        # Published checkpoints first: read before the digests, they can only be older.
+        published = await self._published(checkpoint_keys)
         trusted = self._trusted()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="validate") as pool:
             digests = await self._load_digests(digest_keys)
@@ -209,11 +257,14 @@ class Validator:
                 for d in ds:
                     for f in d.doc.get("files", []):
                         listed[str(f["key"])] = (cid, f)
+            witnessed = await self._witnessed(published, chains)
+            trusted += witnessed
             by_sha = {str(f["sha256"]): k for k, (_, f) in listed.items()}
-            await self._check_files(pool, objects, chains, listed, by_sha, trusted)
-        self._unlisted(file_keys, listed, chains)
+            strays = await self._read_strays(pool, infos, file_keys, listed, chains)
+            await self._check_files(pool, infos, chains, listed, by_sha, trusted, strays)
+        self._unlisted(file_keys, listed, chains, strays)
         self._tail(chains, trusted)
-        self.cache.save()
+        self._witness_coverage(chains, witnessed)
         return self.report
 
     # --- digests ----------------------------------------------------------------------------
@@ -254,8 +305,23 @@ class Validator:
                 self.report.flag(
                     "unknown-key",
                     key,
-                    f"signed by {sig.get('key_name')} key {sig.get('key_id')}, which is not among the "
-                    "public keys given (add it with --public-key if it is yours)",
+                    f"signed by {sig.get('key_name')} key {sig.get('key_id')}, which {self.trust.source} "
+                    "does not list (a key swapped on the archive host, or a rotation newer than the "
+                    "trust file: export it again with `trailkeeper keys export-public`)",
+                )
+                return None
+            tk = self.trust.key_for(signer)
+            interval = float(doc.get("digest_interval") or self.digest_interval)
+            try:
+                when = parse_iso(str(doc.get("end_time")))
+            except ValueError:
+                when = 0.0
+            if tk is not None and not tk.covers(when, interval):
+                self.report.flag(
+                    "unknown-key",
+                    key,
+                    f"signed by key {signer.key_id.hex()} at {doc.get('end_time')}, outside the window "
+                    f"{self.trust.source} gives it ({tk.window()})",
                 )
                 return None
             if doc.get("key") != key:
@@ -317,28 +383,32 @@ class Validator:
         listed: dict[str, tuple[tuple[str, str], dict[str, Any]]],
         by_sha: dict[str, str],
         trusted: list[Trusted],
+        strays: dict[str, _FileResult],
     ) -> None:
-        loop = asyncio.get_running_loop()
-        present = set(objects)
-        inside_trusted = {t.checkpoint.size for t in trusted}
         to_read: list[str] = []
         for ds in chains.values():
             for d in ds:
                 too_old = self.since is not None and parse_iso(d.doc["end_time"]) < self.since
+                sizes = {t.checkpoint.size for t in trusted}
                 for f in d.doc.get("files", []):
                     k = str(f["key"])
-                    info = objects.get(k)
-                    if info is None:
+                    if k not in objects:
                         continue
-                    cached = self.cache.files.get(k)
-                    straddles = any(
-                        int(f["first_leaf"]) < s < int(f["first_leaf"]) + int(f["records"])
-                        for s in inside_trusted
-                    )
-                    if straddles or not (too_old or self._cache_hit(cached, info, f)):
+                    first, n = int(f["first_leaf"]), int(f["records"])
+                    # --since skips old files, except one a trusted checkpoint falls inside.
+                    if not too_old or any(first < s < first + n for s in sizes):
                         to_read.append(k)
+        results = await self._read_all(pool, objects, to_read)
+        for (tracker, writer), ds in chains.items():
+            self._walk_chain(tracker, writer, ds, objects, set(objects), results, by_sha, trusted, strays)
+
+    async def _read_all(
+        self, pool: ThreadPoolExecutor, objects: dict[str, ObjectInfo], keys: list[str]
+    ) -> dict[str, _FileResult]:
+        """Read and hash ``keys`` in parallel: every byte of every one of them, every run."""
+        loop = asyncio.get_running_loop()
         results: dict[str, _FileResult] = {}
-        total = sum(objects[k].size for k in to_read)
+        total = sum(objects[k].size for k in keys)
         from tqdm import tqdm
 
         sem = asyncio.Semaphore(self.workers * 2)
@@ -355,17 +425,21 @@ class Validator:
                     self.report.files_read += 1
                     bar.update(len(data))
 
-            await asyncio.gather(*(read(k) for k in to_read))
-        for (tracker, writer), ds in chains.items():
-            self._walk_chain(tracker, writer, ds, objects, present, results, by_sha, trusted)
+            await asyncio.gather(*(read(k) for k in keys))
+        return results
 
-    def _cache_hit(self, cached: dict[str, Any] | None, info: ObjectInfo, f: dict[str, Any]) -> bool:
-        return (
-            cached is not None
-            and cached["size"] == info.size
-            and cached["modified"] == info.modified
-            and cached["sha256"] == f["sha256"]
-        )
+    async def _read_strays(
+        self,
+        pool: ThreadPoolExecutor,
+        objects: dict[str, ObjectInfo],
+        file_keys: list[str],
+        listed: dict[str, tuple[tuple[str, str], dict[str, Any]]],
+        chains: dict[tuple[str, str], list[_Digest]],
+    ) -> dict[str, _FileResult]:
+        """Hash the files no digest lists, so one whose bytes a digest lists elsewhere is ``moved``."""
+        if not any(k not in objects for k in listed):
+            return {}  # nothing is missing, so nothing can have moved: unlisted files stay unread
+        return await self._read_all(pool, objects, [k for k in file_keys if k not in listed])
 
     def _walk_chain(
         self,
@@ -377,7 +451,9 @@ class Validator:
         results: dict[str, _FileResult],
         by_sha: dict[str, str],
         trusted: list[Trusted],
+        strays: dict[str, _FileResult],
     ) -> None:
+        stray_by_sha = {r.sha256: k for k, r in strays.items()}
         frontier: merkle.CompactRange | None = merkle.CompactRange()
         roots_at: dict[int, bytes] = {0: merkle.EMPTY_ROOT}
         sizes = {t.checkpoint.size for t in trusted}
@@ -394,25 +470,20 @@ class Validator:
                         "chain-gap", d.key, f"file {k} starts at leaf {first}, expected {frontier.size}"
                     )
                     frontier = None
-                if k not in objects:
-                    self.report.flag("missing", k, f"listed in {d.key}")
-                    frontier = None
-                    continue
                 res = results.get(k)
-                if res is None:
-                    cached = self.cache.files.get(k)
-                    before = frontier.to_json() if frontier is not None else None
-                    if (
-                        cached is not None
-                        and cached["frontier_before"] == before
-                        and self._cache_hit(cached, objects[k], f)
-                    ):
-                        frontier = merkle.CompactRange.from_json(cached["frontier_after"])
-                        self.report.status[k] = "valid"
-                        self.report.files_cached += 1
-                    else:
-                        self.report.status.setdefault(k, "skipped")
+                if k not in objects:
+                    dest = stray_by_sha.get(str(f["sha256"]))
+                    if dest is None:
+                        self.report.flag("missing", k, f"listed in {d.key}")
                         frontier = None
+                        continue
+                    # Its bytes are intact at another key: name the move, and keep the tree going.
+                    self.report.flag("moved", k, f"listed in {d.key}; its bytes are now at {dest}")
+                    self.report.flag("moved", dest, f"holds the bytes listed for {k} in {d.key}")
+                    res = strays[dest]
+                if res is None:
+                    self.report.status.setdefault(k, "skipped")
+                    frontier = None
                     continue
                 if res.sha256 != f["sha256"]:
                     other = by_sha.get(res.sha256)
@@ -430,22 +501,16 @@ class Validator:
                     )
                     frontier = None
                     continue
-                self.report.status[k] = "valid"
+                self.report.status.setdefault(k, "valid")
+                if self.report.status[k] == "skipped":
+                    self.report.status[k] = "valid"
                 if frontier is not None and res.leaves is not None:
-                    before = frontier.to_json()
                     for s in sizes:
                         if first < s < first + n:
                             part = frontier.copy()
                             part.extend(res.leaves[: s - first])
                             roots_at[s] = part.root()
                     frontier.extend(res.leaves)
-                    self.cache.files[k] = {
-                        "size": objects[k].size,
-                        "modified": objects[k].modified,
-                        "sha256": res.sha256,
-                        "frontier_before": before,
-                        "frontier_after": frontier.to_json(),
-                    }
             self._check_checkpoint(d, tracker, writer, frontier, roots_at)
         last = ds[-1].doc if ds else {}
         self.report.chains[f"{tracker}/{writer}"] = {
@@ -490,9 +555,10 @@ class Validator:
         file_keys: list[str],
         listed: dict[str, tuple[tuple[str, str], dict[str, Any]]],
         chains: dict[tuple[str, str], list[_Digest]],
+        strays: dict[str, _FileResult],
     ) -> None:
         for k in file_keys:
-            if k in listed:
+            if k in listed or self.report.status.get(k) == "moved":
                 continue
             if self._pending(k, chains):
                 self.report.status[k] = "pending"
@@ -500,8 +566,14 @@ class Validator:
             self.report.flag("unlisted", k, "present in the store but listed by no digest")
 
     def _pending(self, key: str, chains: dict[tuple[str, str], list[_Digest]]) -> bool:
+        """A file the live chain's next digest will list: named after the head's interval began,
+        and no later than one interval (plus a grace) after the head and after now."""
         m = _STAMP.search(key)
         if m is None:
+            return False
+        try:
+            stamp = dt.datetime.strptime(m.group(1), "%Y%m%dT%H%M").replace(tzinfo=dt.UTC).timestamp()
+        except ValueError:
             return False
         name = key.rsplit("/", 1)[-1]
         for (tracker, writer), ds in chains.items():
@@ -511,20 +583,135 @@ class Validator:
             if newest.get("chain_end"):
                 return False
             start = parse_iso(newest["start_time"])
-            stamp = parse_iso(
-                m.group(1)[:4]
-                + "-"
-                + m.group(1)[4:6]
-                + "-"
-                + m.group(1)[6:8]
-                + "T"
-                + m.group(1)[9:11]
-                + ":"
-                + m.group(1)[11:13]
-                + ":00Z"
-            )
-            return stamp >= start - 60
+            head = parse_iso(newest["end_time"])
+            interval = float(newest.get("digest_interval") or self.digest_interval)
+            return start - 60 <= stamp <= min(head + interval, self.now) + PENDING_GRACE
         return False
+
+    # --- published and witnessed checkpoints ------------------------------------------------
+
+    async def _published(self, keys: list[str]) -> list[tuple[str, str]]:
+        """(source, note) of every checkpoint published beside the archive and in the extra stores."""
+        out: list[tuple[str, str]] = []
+
+        async def read(store: Store, key: str, source: str) -> None:
+            with contextlib.suppress(ObjectMissing):
+                out.append((source, (await store.get(key)).decode("utf-8", "replace")))
+
+        await asyncio.gather(*(read(self.store, k, k) for k in keys))
+        for extra in self.checkpoint_stores:
+            try:
+                extra_keys = [
+                    o.key async for o in extra.list(self.prefix) if f"/{CHECKPOINT_DIR}/" in f"/{o.key}"
+                ]
+                await asyncio.gather(*(read(extra, k, f"{extra.name}:{k}") for k in extra_keys))
+            except StoreError as exc:
+                where = f"{extra.name}:{self.prefix}"
+                self.report.flag("missing", where, f"checkpoint store unreadable: {exc}")
+        return out
+
+    async def _witnessed(
+        self, published: list[tuple[str, str]], chains: dict[tuple[str, str], list[_Digest]]
+    ) -> list[Trusted]:
+        """Every checkpoint the log signed that was published or that a witness holds.
+
+        Each becomes a tail check: the archive must extend it. Cosignatures on one checkpoint
+        are pooled across sources, so a copy without them does not hide the witnessed one.
+        """
+        notes = list(published)
+        origins = set()
+        for _, note in published:
+            try:
+                origins.add(Checkpoint.parse(note[: note.find("\n\n") + 1]).origin)
+            except NoteError:
+                continue
+        for ds in chains.values():
+            head = str(ds[-1].doc.get("checkpoint", "")) if ds else ""
+            try:
+                origins.add(Checkpoint.parse(head[: head.find("\n\n") + 1]).origin)
+            except NoteError:
+                continue
+        if self.witness_urls and origins:
+            async with aiohttp.ClientSession() as session:
+
+                async def ask(url: str, origin: str) -> None:
+                    try:
+                        note = await fetch_witnessed(session, url, origin, self.witness_timeout)
+                    except WitnessError as exc:
+                        self.report.checkpoints.append({"source": url, "origin": origin, "error": str(exc)})
+                        return
+                    if note is not None:
+                        notes.append((f"witness {url}", note))
+
+                await asyncio.gather(*(ask(u, o) for u in self.witness_urls for o in sorted(origins)))
+        by_text: dict[str, Trusted] = {}
+        for source, note in notes:
+            try:
+                cp = open_checkpoint(note, self.verifiers)
+            except BadSignature as exc:
+                self.report.flag("bad-signature", source, f"published checkpoint: {exc}")
+                continue
+            except UnknownKey as exc:
+                self.report.flag("unknown-key", source, f"published checkpoint: {exc}")
+                continue
+            except NoteError as exc:
+                self.report.flag("modified", source, f"published checkpoint: {exc}")
+                continue
+            text = cp.text()
+            t = by_text.get(text)
+            if t is None:
+                t = by_text[text] = Trusted(note, cp, source)
+            else:
+                t.note = merge_signatures(t.note, note[note.rfind("\n\n") + 2 :].splitlines())
+                t.source += f", {source}"
+        out = []
+        for t in by_text.values():
+            try:
+                cos = cosignatures(t.note, self.witness_keys)
+            except NoteError as exc:
+                self.report.flag("bad-signature", t.source, f"checkpoint cosignature: {exc}")
+                cos = []
+            t.cosigned_by = sorted(c.witness.name for c in cos)
+            self.report.checkpoints.append(
+                {
+                    "source": t.source,
+                    "origin": t.checkpoint.origin,
+                    "size": t.checkpoint.size,
+                    "root": t.checkpoint.root.hex(),
+                    "cosigned_by": t.cosigned_by,
+                }
+            )
+            out.append(t)
+        return out
+
+    def _witness_coverage(
+        self, chains: dict[tuple[str, str], list[_Digest]], checkpoints: list[Trusted]
+    ) -> None:
+        """With witnesses required: each chain's newest settled checkpoint must be cosigned."""
+        need = self.witnesses_required
+        if need <= 0:
+            return
+        for (tracker, writer), ds in chains.items():
+            if not ds:
+                continue
+            settled = [d for d in ds if parse_iso(d.doc["end_time"]) <= self.now - WITNESS_GRACE] or ds[:1]
+            size = int(settled[-1].doc.get("tree_size", 0))
+            mine = [
+                t
+                for t in checkpoints
+                if t.checkpoint.origin.endswith(f"/{tracker}/{writer}") and len(t.cosigned_by) >= need
+            ]
+            best = max((t.checkpoint.size for t in mine), default=None)
+            if best is None or best < size:
+                where = (
+                    "no checkpoint" if best is None else f"the newest witnessed checkpoint has {best} records"
+                )
+                self.report.flag(
+                    "unwitnessed",
+                    settled[-1].key,
+                    f"{tracker}/{writer}: {where} with {need} cosignature(s); this digest's has {size} "
+                    "(is the witness reachable, and does the daemon list it in integrity.witnesses?)",
+                )
 
     def _tail(self, chains: dict[tuple[str, str], list[_Digest]], trusted: list[Trusted]) -> None:
         for t in trusted:

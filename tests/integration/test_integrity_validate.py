@@ -148,7 +148,13 @@ def test_tail_deleted_detected_by_trusted_checkpoint(arch: Path, capsys: pytest.
             (arch / "archive" / f["key"]).unlink()
         d.unlink()
     code, report = run_validate(arch, capsys)
-    assert code == 0, "without a trusted checkpoint the shortened archive is self-consistent"
+    assert code == 1 and categories(report) == {"truncated"}, "the published checkpoint is newer"
+    # An insider who also removes the published checkpoint leaves a self-consistent archive...
+    for p in (arch / "archive").rglob("_checkpoint/*"):
+        p.unlink()
+    code, report = run_validate(arch, capsys)
+    assert code == 0, report
+    # ...that a checkpoint kept elsewhere (or a witness: tests/integration/test_witnessing.py) exposes.
     code, report = run_validate(arch, capsys, "--trusted-checkpoint", str(trusted))
     assert code == 1 and categories(report) == {"truncated"}
 
@@ -167,32 +173,208 @@ def test_moved_digest_fails(arch: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 1 and "moved" in categories(report)
 
 
-def test_incremental_rerun_reads_nothing(
+def _validate_default(root: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """validate as a scheduled job runs it: no --no-cache, nothing but the keys."""
+    code = main(["validate", str(root / "archive"), "--public-key", str(root / "keys"), "--json", *extra])
+    return code, orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _flip_keep_mtime(f: Path) -> None:
+    st = f.stat()
+    raw = f.read_bytes()
+    f.write_bytes(raw[:100] + bytes([raw[100] ^ 1]) + raw[101:])
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # touch -r
+
+
+def test_finding1_a_byte_flipped_with_its_mtime_restored_is_caught_on_the_next_run(
+    arch: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    code, first = _validate_default(arch, capsys)
+    assert code == 0 and first["files_read"] == len(files(arch))
+    f = files(arch)[3]
+    _flip_keep_mtime(f)
+    code, second = _validate_default(arch, capsys)
+    assert code == 1 and categories(second) == {"modified"}
+    assert second["files_read"] == len(files(arch)), "every run reads every file"
+
+
+def test_finding2_a_clean_copy_validated_first_does_not_vouch_for_a_tampered_one(
+    built: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(built, a)
+    shutil.copytree(built, b)  # copytree keeps mtimes: both copies look alike by metadata
+    for p in (b / "archive").rglob("*.json.gz"):
+        p.chmod(0o644)
+    _flip_keep_mtime(files(b)[5])
+    assert _validate_default(a, capsys)[0] == 0
+    code, report = _validate_default(b, capsys)
+    assert code == 1 and categories(report) == {"modified"}
+
+
+@pytest.fixture(scope="module")
+def built_live(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("live")
+    asyncio.run(build_archive(root, events=1500, max_events=400, digests=2, live=True))
+    return root
+
+
+def _forge_file(root: Path, stamp: str, name_from: Path) -> Path:
+    writer, tracker = name_from.name.split("_")[:2]
+    forged = name_from.with_name(f"{writer}_{tracker}_{stamp}Z_{'9' * 20}-{'9' * 20}.json.gz")
+    forged.write_bytes(name_from.read_bytes())
+    return forged
+
+
+def test_finding3_a_far_future_file_on_a_live_chain_is_unlisted_not_pending(
+    built_live: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    arch = tmp_path / "live"
+    shutil.copytree(built_live, arch)
+    assert not orjson.loads(digests(arch)[-1].read_bytes())["chain_end"]
+
+    code, report = run_validate(arch, capsys)
+    assert code == 0, report["findings"]
+    pending = report["counts"]["pending"]  # files closed after the newest digest
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M")
+    near = _forge_file(arch, now, files(arch)[0])
+    code, report = run_validate(arch, capsys)
+    assert code == 0, report["findings"]
+    assert report["counts"]["pending"] == pending + 1, "a file of the current interval is pending"
+    near.unlink()
+    far = _forge_file(arch, "20991231T2359", files(arch)[0])
+    code, report = run_validate(arch, capsys)
+    assert code == 1 and categories(report) == {"unlisted"}
+    assert [f["key"] for f in report["findings"]] == [str(far.relative_to(arch / "archive"))]
+
+
+def _resign_everything(root: Path, signer: object) -> None:
+    """What an insider with the archive host does: a new key, every digest and checkpoint
+    re-signed with it, each link rewritten so the chain holds together."""
+    from daemon.integrity.checkpoint import Checkpoint, Signer
+
+    assert isinstance(signer, Signer)
+    prev = None
+    for d in digests(root):
+        doc = orjson.loads(d.read_bytes())
+        doc.pop("signature")
+        text = doc["checkpoint"][: doc["checkpoint"].find("\n\n") + 1]
+        doc["checkpoint"] = Checkpoint.parse(text).sign([signer])
+        if prev is not None:
+            doc["previous"].update(prev)
+        data = sign_digest(doc, signer)
+        d.chmod(0o644)
+        d.write_bytes(data)
+        signed = orjson.loads(data)
+        prev = {"sha256": hashlib.sha256(data).hexdigest(), "signature": signed["signature"]["value"]}
+    for p in (root / "archive").rglob("_checkpoint/*"):
+        note = p.read_text()
+        p.chmod(0o644)
+        p.write_text(Checkpoint.parse(note[: note.find("\n\n") + 1]).sign([signer]))
+
+
+def _config_file(root: Path, extra: str = "") -> Path:
+    cfg = root / "tk.yaml"
+    cfg.write_text(
+        f"writer_id: w1\njournal: {{dir: {root}/journal}}\n"
+        f"stores: {{local: {{type: local, path: {root}/archive}}}}\n"
+        f"integrity: {{keys_dir: {root}/keys, state_dir: {root}/state{extra}}}\n"
+    )
+    return cfg
+
+
+def test_finding4_swapped_keys_with_everything_resigned_fail_against_the_pinned_trust_file(
     arch: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    cache = tmp_path / "cache.json"
-    args = [
-        "validate",
-        str(arch / "archive"),
-        "--public-key",
-        str(arch / "keys"),
-        "--json",
-        "--cache",
-        str(cache),
-    ]
-    assert main(args) == 0
-    first = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert main(args) == 0
-    second = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert first["files_read"] == len(files(arch)) and second["files_read"] == 0
-    assert second["files_cached"] == len(files(arch))
-    # A change with a new mtime is read again and caught.
-    f = files(arch)[2]
-    raw = f.read_bytes()
-    f.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
-    os.utime(f, (1, 1))
-    assert main(args) == 1
+    trust = tmp_path / "offsite" / "trust.json"
+    trust.parent.mkdir()
+    assert main(["keys", "export-public", "--keys-dir", str(arch / "keys"), "--out", str(trust)]) == 0
     capsys.readouterr()
+    shutil.rmtree(arch / "keys")
+    _resign_everything(arch, KeyStore(arch / "keys").generate("trailkeeper"))
+    cfg = _config_file(arch)
+    args = ["validate", "-c", str(cfg), "--json"]
+    # The attack is complete: the daemon's own keys directory now vouches for it...
+    assert main([*args, "--trust-keys-dir"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "archive host" in err
+    # ...and validation without pinned keys refuses to run rather than trust that directory.
+    assert main(args) == 2
+    assert "no pinned keys" in capsys.readouterr().err
+    # The trust file from before the swap catches it, through the config and no key flag at all.
+    cfg = _config_file(arch, f", trust_file: {trust}")
+    assert main(["validate", "-c", str(cfg), "--json"]) == 1
+    report = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # Every digest is refused, so the files they list count as inserted too.
+    assert "unknown-key" in categories(report) and report["counts"].get("valid", 0) == 0
+    assert {f["key"] for f in report["findings"] if f["category"] == "unknown-key"} >= {
+        str(d.relative_to(arch / "archive")) for d in digests(arch)
+    }
+    assert report["trust"].startswith("trust file")
+    assert main([*args, "--trust", str(trust)]) == 1
+    capsys.readouterr()
+
+
+def test_finding4_an_attackers_key_added_beside_the_real_one_is_not_trusted(
+    arch: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    trust = tmp_path / "trust.json"
+    assert main(["keys", "export-public", "--keys-dir", str(arch / "keys"), "--out", str(trust)]) == 0
+    capsys.readouterr()
+    evil = KeyStore(arch / "keys").generate("trailkeeper", activate=False)
+    d = digests(arch)[2]
+    doc = orjson.loads(d.read_bytes())
+    doc.pop("signature")
+    doc["files"][0]["records"] += 0  # any rewrite the attacker likes, signed with their key
+    d.write_bytes(sign_digest(doc, evil))
+    code, report = run_validate(arch, capsys)  # --public-key keys/: the directory vouches for it
+    assert "unknown-key" not in categories(report)
+    code = main(["validate", str(arch / "archive"), "--trust", str(trust), "--json"])
+    report = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 1 and "unknown-key" in categories(report)
+
+
+def test_a_retired_key_signing_after_its_rotation_is_refused(
+    arch: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import time as _time
+
+    ks = KeyStore(arch / "keys")
+    old = ks.active()
+    assert old is not None
+    hist = ks.history()
+    kid = old.key_id.hex()
+    # Retired (on paper) a day before the archive was written: its digests are out of window.
+    hist[kid]["retired"] = _time.time() - 86400 * 2
+    hist[kid]["created"] = _time.time() - 86400 * 3
+    (arch / "keys" / "history.json").write_bytes(orjson.dumps(hist))
+    trust = tmp_path / "trust.json"
+    assert main(["keys", "export-public", "--keys-dir", str(arch / "keys"), "--out", str(trust)]) == 0
+    capsys.readouterr()
+    code = main(["validate", str(arch / "archive"), "--trust", str(trust), "--json"])
+    report = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 1 and "unknown-key" in categories(report)
+    assert all(
+        "outside the window" in f["detail"] for f in report["findings"] if f["category"] == "unknown-key"
+    )
+
+
+def test_finding7_a_file_moved_to_another_key_is_named_moved(
+    arch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = files(arch)[4]
+    dest = f.with_name("x" + f.name)
+    f.rename(dest)
+    code, report = run_validate(arch, capsys)
+    assert code == 1 and categories(report) == {"moved"}
+    keys = {x["key"] for x in report["findings"]}
+    assert keys == {str(f.relative_to(arch / "archive")), str(dest.relative_to(arch / "archive"))}
+    # The tree is rebuilt from the moved bytes, so nothing after it is reported.
+    assert report["counts"]["valid"] == len(files(arch)) - 1 + len(digests(arch))
 
 
 def test_inclusion_proof_verifies_independently(arch: Path, capsys: pytest.CaptureFixture[str]) -> None:
