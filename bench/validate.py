@@ -1,5 +1,6 @@
-"""Validation throughput (MB/s of stored bytes) against `gunzip -c | sha256sum` on the same files,
-and the time of an incremental re-run over the unchanged archive. Prints one JSON line.
+"""Validation throughput (MB/s of stored bytes) against `gunzip -c | sha256sum` on the same files.
+Every run reads and hashes every file (there is no cache to trust), so the figure is the best of
+two full runs. Prints one JSON line.
 
     python bench/validate.py [EVENTS] [EVENTS_PER_FILE]
 """
@@ -40,14 +41,13 @@ async def main() -> None:
         base = time.perf_counter() - t
         store = LocalStore("bench", LocalStoreConfig(path=root / "archive", fsync=False))
         verifiers = KeyStore(root / "keys").verifiers()
-        cache = root / "cache.json"
-        t = time.perf_counter()
-        full = await Validator(store, "", verifiers, cache_path=cache).run()
-        ours = time.perf_counter() - t
-        t = time.perf_counter()
-        again = await Validator(store, "", verifiers, cache_path=cache).run()
-        rerun = time.perf_counter() - t
-        assert full.ok and again.ok and again.files_read == 0
+        runs = []
+        for _ in range(2):
+            t = time.perf_counter()
+            report = await Validator(store, "", verifiers).run()
+            runs.append(time.perf_counter() - t)
+            assert report.ok and report.files_read == len(files), report.findings[:3]
+        ours = min(runs)
         print(
             orjson.dumps(
                 {
@@ -57,7 +57,7 @@ async def main() -> None:
                     "validate_mb_s": round(stored / 1e6 / ours, 2),
                     "gunzip_sha256sum_mb_s": round(stored / 1e6 / base, 2),
                     "ratio": round(base / ours, 2),
-                    "incremental_rerun_s": round(rerun, 3),
+                    "runs_s": [round(r, 3) for r in runs],
                 }
             ).decode()
         )

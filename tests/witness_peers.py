@@ -9,7 +9,6 @@ test skips with the reason, or fails under CI=true.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import socket
@@ -28,7 +27,7 @@ def _python312() -> str:
     candidates = [os.environ.get("TRAILKEEPER_PY312", "")]
     candidates += [shutil.which(n) or "" for n in ("python3.13", "python3.12")]
     root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
-    candidates += sorted(glob.glob(f"{root}/versions/3.1[2-9]*/bin/python3"), reverse=True)
+    candidates += sorted((str(p) for p in Path(root).glob("versions/3.1[2-9]*/bin/python3")), reverse=True)
     for c in candidates:
         if not c:
             continue

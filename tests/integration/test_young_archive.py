@@ -12,11 +12,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon.cli import main
 from daemon.integrity.cosignature import Cosigner
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
