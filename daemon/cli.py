@@ -20,6 +20,7 @@ from daemon.notify import cli as notify_cli
 from daemon.rules import cli as rules_cli
 from daemon.rules.loader import RuleLoadError, load_rules
 from daemon.telemetry import configure_logging
+from daemon.witness import cli as witness_cli
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         notify_cli.register,
         query_cli.register,
         configdoc.register,
+        witness_cli.register,
     ):
         register(sub)
     return parser
