@@ -18,6 +18,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 UNKNOWN = "_unknown"
 
 
+# The published checkpoint of a chain: <prefix>/<tracker>/_checkpoint/<writer>. The one archive
+# object meant to change (daemon.integrity.witnessing writes it; backup copies it by hash).
+CHECKPOINT_DIR = "_checkpoint"
+
+
 def safe_segment(value: str | None) -> str:
     """Make an opaque value (tenant, region) safe as one key segment, keeping it readable."""
     if not value:

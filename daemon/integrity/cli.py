@@ -215,8 +215,8 @@ async def _validate(args: argparse.Namespace) -> int:
 
 async def _checkpoints(args: argparse.Namespace) -> list[dict[str, str]]:
     """Each chain's latest published (and cosigned) checkpoint: from the store, else local state."""
+    from daemon.archive.keys import CHECKPOINT_DIR
     from daemon.integrity.digest import load_chain_state
-    from daemon.integrity.witnessing import CHECKPOINT_DIR
     from daemon.stores import build_store
 
     config = _config(args)

@@ -46,6 +46,7 @@ import orjson
 import zstandard
 
 from daemon.archive.fileformat import FileFormatError, decompress, split_records
+from daemon.archive.keys import CHECKPOINT_DIR
 from daemon.integrity import merkle
 from daemon.integrity.checkpoint import (
     BadSignature,
@@ -58,7 +59,7 @@ from daemon.integrity.checkpoint import (
 from daemon.integrity.cosignature import CosignerKey, cosignatures, merge_signatures
 from daemon.integrity.digest import DIGEST_DIR, parse_iso, verify_digest
 from daemon.integrity.trust import Trust
-from daemon.integrity.witnessing import CHECKPOINT_DIR, WitnessError, fetch_witnessed
+from daemon.integrity.witnessing import WitnessError, fetch_witnessed
 from daemon.stores.base import ObjectInfo, ObjectMissing, Store, StoreError
 
 FAILING = {

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from daemon.archive.keys import CHECKPOINT_DIR
 from daemon.integrity import merkle
 from daemon.integrity.checkpoint import NoteError
 from daemon.integrity.config import WitnessConfig
@@ -38,7 +39,6 @@ from daemon.telemetry import (
 
 log = get_logger("integrity")
 
-CHECKPOINT_DIR = "_checkpoint"
 MAX_PROOF_LINES = 63
 
 

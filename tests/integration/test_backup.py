@@ -132,6 +132,25 @@ async def test_changed_source_is_reported_and_backup_kept(tmp_path: Path) -> Non
     assert metric("trailkeeper_backup_failures_total", job="ab", reason="source_changed") - before == 1
 
 
+async def test_the_published_checkpoint_is_copied_as_it_changes_without_an_alarm(tmp_path: Path) -> None:
+    source = LocalStore("a", LocalStoreConfig(path=tmp_path / "a", fsync=False))
+    dest = LocalStore("b", LocalStoreConfig(path=tmp_path / "b", fsync=False))
+    config = BackupJobConfig.model_validate({"name": "cp", "from": "a", "to": "b"})
+    job = BackupJob(config, source, dest, tmp_path / "state")
+    key = "trails/default/_checkpoint/w1"
+    before = metric("trailkeeper_backup_failures_total", job="cp", reason="source_changed")
+    for note in (b"checkpoint at 10\n", b"checkpoint at 25\n", b"checkpoint at 99\n"):  # same size
+        await source.replace(key, note)
+        report = await job.run_once()
+        assert report.source_changed == [] and await dest.get(key) == note
+    # A copy damaged in place is put right on the next round.
+    (tmp_path / "b" / key).chmod(0o644)
+    (tmp_path / "b" / key).write_bytes(b"checkpoint at 00\n")
+    await job.run_once()
+    assert await dest.get(key) == b"checkpoint at 99\n"
+    assert metric("trailkeeper_backup_failures_total", job="cp", reason="source_changed") == before
+
+
 async def test_unreachable_destination_aborts_the_round_and_loses_nothing(tmp_path: Path) -> None:
     from tests.fixtures.s3 import free_port
 
