@@ -37,11 +37,11 @@ def make_events(n: int) -> list[bytes]:
     return lines
 
 
-def config_for(root: Path, max_events: int, integrity_extra: str = "") -> object:
+def config_for(root: Path, max_events: int, integrity_extra: str = "", stores_extra: str = "") -> object:
     text = f"""
 writer_id: w1
 journal: {{dir: {root}/journal, fsync: false}}
-stores: {{local: {{type: local, path: {root}/archive, fsync: false}}}}
+stores: {{local: {{type: local, path: {root}/archive, fsync: false}}{stores_extra}}}
 trackers: [{{name: default, store: local, prefix: trails, file: {{max_events: {max_events}, max_age: 3600}}}}]
 integrity: {{keys_dir: {root}/keys, state_dir: {root}/state, digest_interval: 3600{integrity_extra}}}
 metrics: {{listen: null}}
@@ -50,7 +50,13 @@ metrics: {{listen: null}}
 
 
 async def build_archive(
-    root: Path, events: int, max_events: int, digests: int, live: bool = False, integrity_extra: str = ""
+    root: Path,
+    events: int,
+    max_events: int,
+    digests: int,
+    live: bool = False,
+    integrity_extra: str = "",
+    stores_extra: str = "",
 ) -> None:
     """Archive ``events`` events; write ``digests`` interval digests plus the chain end.
 
@@ -58,7 +64,7 @@ async def build_archive(
     ``integrity_extra``: more ``integrity:`` keys (``, witnesses: [...]``). Each published
     checkpoint is also copied to ``<root>/published/<sequence>/``, as an attacker could keep them.
     """
-    config = config_for(root, max_events, integrity_extra)
+    config = config_for(root, max_events, integrity_extra, stores_extra)
     stores = {n: build_store(n, sc) for n, sc in config.stores.items()}  # type: ignore[attr-defined]
     journal = Journal(config.journal.dir, max_bytes=8 * 1024**3, fsync=False)  # type: ignore[attr-defined]
     integ = Integrity(config, stores, "w1")  # type: ignore[arg-type]

@@ -159,6 +159,46 @@ def test_tail_deleted_detected_by_trusted_checkpoint(arch: Path, capsys: pytest.
     assert code == 1 and categories(report) == {"truncated"}
 
 
+def test_a_checkpoint_copy_in_another_store_exposes_a_truncated_archive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "offsite-run"
+    asyncio.run(
+        build_archive(
+            root,
+            events=2000,
+            max_events=400,
+            digests=2,
+            integrity_extra=", checkpoint_stores: [offsite]",
+            stores_extra=f", offsite: {{type: local, path: {root}/offsite, fsync: false}}",
+        )
+    )
+    assert list((root / "offsite").rglob("_checkpoint/w1"))
+    cfg = root / "tk.yaml"
+    cfg.write_text(
+        f"writer_id: w1\njournal: {{dir: {root}/journal}}\n"
+        f"stores: {{local: {{type: local, path: {root}/archive}}, offsite: {{type: local, path: {root}/offsite}}}}\n"
+        "trackers: [{name: default, store: local, prefix: trails}]\n"
+        f"integrity: {{keys_dir: {root}/keys, state_dir: {root}/state, checkpoint_stores: [offsite]}}\n"
+    )
+    args = ["validate", "-c", str(cfg), "--public-key", str(root / "keys"), "--json"]
+    assert main(args) == 0
+    capsys.readouterr()
+    for p in (root / "archive").rglob("*"):
+        if p.is_file():
+            p.chmod(0o644)
+    for d in digests(root)[-2:]:
+        for f in orjson.loads(d.read_bytes())["files"]:
+            (root / "archive" / f["key"]).unlink()
+        d.unlink()
+    for p in (root / "archive").rglob("_checkpoint/*"):
+        p.unlink()
+    assert main(args) == 1
+    report = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert categories(report) == {"truncated"}
+    assert any(c["source"].startswith("offsite:") for c in report["checkpoints"])
+
+
 def test_tail_deleted_detected_by_max_age(arch: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = run_validate(arch, capsys, "--max-age", "1h")
     assert code == 0
