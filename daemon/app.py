@@ -304,15 +304,18 @@ class App:
         for source in self.sources:
             if not source.healthy:
                 problems.append(f"source {source.name} ({source.type}): {source.last_error}")
-        if self.integrity is not None:
-            problems += self.integrity.problems()
+        # Witnesses are reported, never a reason to stop taking events: the chain keeps going
+        # and a later cosignature covers what was missed.
+        warnings = self.integrity.problems() if self.integrity is not None else []
         for name, store in self.stores.items():
             try:
                 await asyncio.wait_for(store.check(), timeout=5)
             except (StoreError, TimeoutError) as exc:
                 problems.append(f"store {name}: {exc or 'timed out'}")
         status = 503 if problems else 200
-        return web.json_response({"ready": not problems, "problems": problems}, status=status)
+        return web.json_response(
+            {"ready": not problems, "problems": problems, "warnings": warnings}, status=status
+        )
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         body = generate_latest(telemetry.REGISTRY)

@@ -87,12 +87,14 @@ async def test_a_witness_that_never_cosigns_is_reported_on_readyz_and_in_metrics
     )
     d.start()
     problems: list[str] = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # two 1 s intervals; generous for a loaded CI machine
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
             async with s.get(f"{d.url}/readyz") as resp:
                 body = await resp.json()
-            problems = [p for p in body["problems"] if "witness" in p]
+                # A silent witness is a warning: ingest stays in service.
+                assert resp.status == 200 and body["ready"], body
+            problems = [p for p in body["warnings"] if "witness" in p]
             if problems:
                 break
             await asyncio.sleep(0.3)
