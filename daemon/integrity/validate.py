@@ -583,7 +583,13 @@ class Validator:
             newest = ds[-1].doc
             if newest.get("chain_end"):
                 return False
-            start = parse_iso(newest["start_time"])
+            # After a crash the restarted writer's chain-start digest comes first, and the journal's
+            # backlog is archived after it under its original (earlier) receive times: those belong
+            # to the crashed process's last interval, so the window opens where that one began.
+            i = len(ds) - 1
+            while i > 0 and ds[i].doc.get("chain_start") and not ds[i - 1].doc.get("chain_end"):
+                i -= 1
+            start = parse_iso(ds[i].doc["start_time"])
             head = parse_iso(newest["end_time"])
             interval = float(newest.get("digest_interval") or self.digest_interval)
             return start - 60 <= stamp <= min(head + interval, self.now) + PENDING_GRACE
