@@ -8,6 +8,7 @@ botocore that breaks aiobotocore in the project's environment).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -51,29 +52,42 @@ def prometheus_server() -> str:
     return tool("prometheus", "apt-get install prometheus; .ci/run does it")
 
 
-def lint_venv() -> Path:
-    """A virtualenv holding checkov, created once and reused (keyed by CHECKOV_SPEC).
+def cached_venv(venv: Path, spec: str, python: str = sys.executable, stamp_name: str = "trailkeeper-venv.stamp") -> Path:
+    """A virtualenv at ``venv`` holding ``spec``, created once and reused while its stamp says ``spec``.
 
-    It lives outside the work tree (TRAILKEEPER_LINT_VENV, default
-    ~/.cache/trailkeeper/venv-lint) so fresh clones on the same machine share it.
-    """
-    venv = Path(os.environ.get("TRAILKEEPER_LINT_VENV", Path.home() / ".cache" / "trailkeeper" / "venv-lint"))
-    stamp = venv / "trailkeeper-lint.stamp"
-    if stamp.exists() and stamp.read_text() == CHECKOV_SPEC:
+    Outside the work tree, so fresh clones on the same machine share it."""
+    stamp = venv / stamp_name
+    if stamp.exists() and stamp.read_text() == spec:
         return venv
-    shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
+    # Test workers (and CI beside a session) may ask at once: one builds, the others wait for it.
+    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text() == spec:
+            return venv
+        _build_venv(venv, spec, python)
+        stamp.write_text(spec)
+    return venv
+
+
+def _build_venv(venv: Path, spec: str, python: str) -> None:
+    shutil.rmtree(venv, ignore_errors=True)
     steps = [
-        [sys.executable, "-m", "venv", str(venv)],
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", CHECKOV_SPEC],
+        [python, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", spec],
     ]
     for cmd in steps:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            unavailable(f"cannot install {CHECKOV_SPEC} into {venv}: " + " | ".join(tail))
-    stamp.write_text(CHECKOV_SPEC)
-    return venv
+            unavailable(f"cannot install {spec} into {venv}: " + " | ".join(tail))
+
+
+def lint_venv() -> Path:
+    """checkov's virtualenv (TRAILKEEPER_LINT_VENV, default ~/.cache/trailkeeper/venv-lint)."""
+    default = Path.home() / ".cache" / "trailkeeper" / "venv-lint"
+    venv = Path(os.environ.get("TRAILKEEPER_LINT_VENV", default))
+    return cached_venv(venv, CHECKOV_SPEC, stamp_name="trailkeeper-lint.stamp")
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deploytools import unavailable
+from deploytools import cached_venv, unavailable
 
 AICS_SPEC = "aics-witness==0.1.0"
 
@@ -47,24 +47,12 @@ def _python312() -> str:
 
 
 def aics_venv() -> Path:
-    venv = Path(
-        os.environ.get("TRAILKEEPER_AICS_VENV", Path.home() / ".cache" / "trailkeeper" / "venv-aics-witness")
-    )
-    stamp = venv / "trailkeeper-aics.stamp"
+    default = Path.home() / ".cache" / "trailkeeper" / "venv-aics-witness"
+    venv = Path(os.environ.get("TRAILKEEPER_AICS_VENV", default))
+    stamp = venv / "trailkeeper-venv.stamp"
     if stamp.exists() and stamp.read_text() == AICS_SPEC:
         return venv
-    shutil.rmtree(venv, ignore_errors=True)
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    for cmd in (
-        [_python312(), "-m", "venv", str(venv)],
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", AICS_SPEC],
-    ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            unavailable(f"cannot install {AICS_SPEC} into {venv}: " + " | ".join(tail))
-    stamp.write_text(AICS_SPEC)
-    return venv
+    return cached_venv(venv, AICS_SPEC, _python312())
 
 
 def free_port() -> int:

@@ -72,20 +72,30 @@ class Verifier:
         return True
 
 
-def parse_vkey(text: str) -> Verifier:
-    """Parse a verifier key string. Raises NoteError."""
+def parse_key_string(text: str, alg: int, what: str) -> tuple[str, bytes, str]:
+    """Split ``name+hex(key id)+base64(alg || key)`` into (name, raw key, hex id).
+
+    Checks the name, the encoding and the algorithm byte; the caller checks the id, which
+    depends on the algorithm. Raises NoteError naming ``what`` and the problem.
+    """
     parts = text.strip().split("+", 2)
     if len(parts) != 3:
-        raise NoteError(f"not a verifier key (name+keyid+key): {text.strip()[:60]!r}")
+        raise NoteError(f"not a {what} (name+keyid+key): {text.strip()[:60]!r}")
     name, hex_id, b64 = parts
     _check_name(name)
     try:
         blob = base64.b64decode(b64, validate=True)
     except binascii.Error as exc:
-        raise NoteError(f"verifier key {name!r}: key is not base64") from exc
-    if len(blob) != 33 or blob[0] != ALG_ED25519:
-        raise NoteError(f"verifier key {name!r}: not an Ed25519 key")
-    v = Verifier(name, blob[1:])
+        raise NoteError(f"{what} {name!r}: key is not base64") from exc
+    if len(blob) != 33 or blob[0] != alg:
+        raise NoteError(f"{what} {name!r}: not a type 0x{alg:02x} Ed25519 key")
+    return name, blob[1:], hex_id
+
+
+def parse_vkey(text: str) -> Verifier:
+    """Parse a verifier key string. Raises NoteError."""
+    name, public, hex_id = parse_key_string(text, ALG_ED25519, "verifier key")
+    v = Verifier(name, public)
     if hex_id != v.key_id.hex():
         raise NoteError(f"verifier key {name!r}: key id {hex_id} does not match the key")
     return v

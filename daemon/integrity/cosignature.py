@@ -15,7 +15,6 @@ log's signed note with these lines appended, so one file carries both.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from daemon.integrity.checkpoint import SIG_PREFIX, NoteError, _check_name, raw_public, split_note
+from daemon.integrity.checkpoint import SIG_PREFIX, NoteError, parse_key_string, raw_public, split_note
 
 ALG_COSIGNATURE = 0x04
 LABEL = "cosignature/v1"
@@ -65,18 +64,8 @@ class CosignerKey:
 
 def parse_cosigner_vkey(text: str) -> CosignerKey:
     """Parse a witness vkey (type 0x04). Raises NoteError naming what is wrong."""
-    parts = text.strip().split("+", 2)
-    if len(parts) != 3:
-        raise NoteError(f"not a witness key (name+keyid+key): {text.strip()[:60]!r}")
-    name, hex_id, b64 = parts
-    _check_name(name)
-    try:
-        blob = base64.b64decode(b64, validate=True)
-    except binascii.Error as exc:
-        raise NoteError(f"witness key {name!r}: key is not base64") from exc
-    if len(blob) != 33 or blob[0] != ALG_COSIGNATURE:
-        raise NoteError(f"witness key {name!r}: not a cosignature/v1 (type 0x04) Ed25519 key")
-    key = CosignerKey(name, blob[1:])
+    name, public, hex_id = parse_key_string(text, ALG_COSIGNATURE, "witness key")
+    key = CosignerKey(name, public)
     if hex_id != key.key_id.hex():
         raise NoteError(f"witness key {name!r}: key id {hex_id} does not match the key")
     return key

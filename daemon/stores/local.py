@@ -72,11 +72,9 @@ class LocalStore:
         if hashlib.sha256(path.read_bytes()).digest() != hashlib.sha256(data).digest():
             raise ObjectConflict(self.name, f"{key!r} exists with different content")
 
-    def _put_sync(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        if path.exists():
-            self._same_or_conflict(key, path, data)
-            return
+    def _write_tmp(self, path: Path, data: bytes) -> Path:
+        """Write ``data`` to a new temp file beside ``path`` (fsynced, final mode); the caller
+        links or renames it into place and removes it."""
         path.parent.mkdir(parents=True, exist_ok=True)
         # A unique temp name per call: concurrent writers of one key must not share it.
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -92,6 +90,18 @@ class LocalStore:
             finally:
                 os.close(fd)
             os.chmod(tmp, self.config.file_mode)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _put_sync(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        if path.exists():
+            self._same_or_conflict(key, path, data)
+            return
+        tmp = self._write_tmp(path, data)
+        try:
             # link() refuses an existing target, so the file is written once even when
             # two writers race past the exists() check (rename would silently replace).
             try:
@@ -112,17 +122,8 @@ class LocalStore:
 
     def _replace_sync(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = self._write_tmp(path, data)
         try:
-            try:
-                os.write(fd, data)
-                if self.config.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.chmod(tmp, self.config.file_mode)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
