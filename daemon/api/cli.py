@@ -122,13 +122,26 @@ def _print(events: list[dict[str, Any]], as_json: bool, header: bool) -> None:
         for e in events:
             sys.stdout.write(orjson.dumps(e).decode() + "\n")
         return
-    widths = {"time": 24, "tenant": 14, "service": 24, "operation": 28, "user_name": 20, "source_ip": 16}
+    # ORIGIN last: it tells trailkeeper's own audit records from what producers sent.
+    columns = (*TABLE_COLUMNS, "origin")
+    widths = {
+        "time": 24,
+        "tenant": 14,
+        "service": 24,
+        "operation": 28,
+        "user_name": 20,
+        "source_ip": 16,
+        "origin": 11,
+    }
     if header:
-        print("  ".join(c.upper().ljust(widths.get(c, 16)) for c in TABLE_COLUMNS).rstrip())
+        print("  ".join(c.upper().ljust(widths.get(c, 16)) for c in columns).rstrip())
     for e in events:
         cells = []
-        for c in TABLE_COLUMNS:
-            value = str(e.get(c) or "-")
+        for c in columns:
             w = widths.get(c, 16)
+            raw = str(e.get(c) or "-")[: w + 1]
+            # Producer text reaches a terminal here: show control characters (NUL, ESC
+            # sequences, newlines) as escapes rather than letting them act on it.
+            value = raw if raw.isprintable() else raw.encode("unicode_escape").decode("ascii")
             cells.append((value if len(value) <= w else value[: w - 1] + "…").ljust(w))
         print("  ".join(cells).rstrip())

@@ -15,13 +15,30 @@ from typing import Any, Literal, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from daemon.api.audit import SOURCE as AUDIT_SOURCE
 from daemon.events import CANONICAL_FIELDS, Entry, Event
-from daemon.index.query import Query
+from daemon.index.query import Query, encode_cursor
+from daemon.index.values import MAX_COLUMN_BYTES, column_text, display_text, exact_json, load_exact
+from daemon.integrity.merkle import leaf_hash
 from daemon.units import Duration
 
-# Columns returned by a list query, in order.
+# The fields of a list item, in order.
 LIST_COLUMNS: tuple[str, ...] = (*CANONICAL_FIELDS, "category", "severity", "rules", "received_ms")
-ALL_COLUMNS: tuple[str, ...] = (*LIST_COLUMNS, "journal_offset", "source", "record")
+# What a list query selects: the item's fields, then what ``row_to_item`` derives them from.
+ITEM_COLUMNS: tuple[str, ...] = (*LIST_COLUMNS, "source", "exact")
+# Every column, in the order of ``IndexRow.values``.
+ALL_COLUMNS: tuple[str, ...] = (*ITEM_COLUMNS, "journal_offset", "record")
+# Text columns stored in their column form (daemon.index.values).
+TEXT_COLUMNS: tuple[str, ...] = (*CANONICAL_FIELDS, "category", "severity", "source")
+# An event is identified by (tenant, id). No tenant is stored as "" (never a real tenant:
+# canonical fields are None, not "", when absent), so the identity has no NULL in it.
+NO_TENANT = ""
+
+ORIGIN_TRAILKEEPER = "trailkeeper"
+ORIGIN_PRODUCER = "producer"
+# Sources of the daemon's own audit records: today's constant, and "audit", which earlier
+# versions wrote (rows they indexed keep it until retention removes them).
+_AUDIT_SOURCES = frozenset({AUDIT_SOURCE, "audit"})
 
 
 class IndexConfig(BaseModel):
@@ -57,6 +74,11 @@ class IndexConfig(BaseModel):
 
 class IndexUnavailable(Exception):
     """The index backend failed (disk, database connection). Retryable unless stated."""
+
+
+class IndexRefused(Exception):
+    """The backend refused the rows themselves (their content, not its own state): writing
+    the same rows again fails the same way, so they must not be retried as an outage."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,24 +117,60 @@ class IndexRow:
             entry.canonical, entry.received_ms, entry.offset, entry.source, entry.record, classification
         )
 
+    @property
+    def tenant_key(self) -> str:
+        """The tenant as stored: its column form, NO_TENANT when the event has none."""
+        return column_text(self.canonical.get("tenant") or NO_TENANT)
+
+    @property
+    def id_key(self) -> str:
+        """The id as stored (its column form)."""
+        return column_text(self.id)
+
     def values(self) -> list[Any]:
-        """Column values in ALL_COLUMNS order."""
+        """Stored column values in ALL_COLUMNS order: text in its column form, and the
+        original values in ``exact`` when any column form differs from its value.
+
+        Raises ValueError or TypeError for a row no backend can store (a bug upstream).
+        """
         c = self.classification
-        return [
-            *(self.canonical.get(f) for f in CANONICAL_FIELDS),
-            c.category if c else None,
-            c.severity if c else None,
-            orjson.dumps(list(c.rules)).decode() if c and c.rules else None,
-            self.received_ms,
-            self.journal_offset,
-            self.source,
-            self.record,
-        ]
+        exact: dict[str, str] = {}
+        out: list[Any] = []
+        for name in CANONICAL_FIELDS:
+            value = self.canonical.get(name)
+            if name == "tenant" and not value:
+                value = NO_TENANT
+            out.append(_stored(name, value, exact))
+        out.append(_stored("category", c.category if c else None, exact))
+        out.append(_stored("severity", c.severity if c else None, exact))
+        out.append(orjson.dumps(list(c.rules)).decode() if c and c.rules else None)
+        out.append(self.received_ms)
+        out.append(_stored("source", self.source, exact))
+        out.append(exact_json(exact) if exact else None)
+        out.append(self.journal_offset)
+        out.append(self.record)
+        return out
+
+
+def _stored(name: str, value: str | None, exact: dict[str, str]) -> str | None:
+    """The column form of one value; records the original in ``exact`` when they differ."""
+    # The common case (short ASCII without NUL) is its own column form: skip the work.
+    if value is None or (value.isascii() and len(value) <= MAX_COLUMN_BYTES and "\x00" not in value):
+        return value
+    form = column_text(value)
+    if form != value:
+        exact[name] = value
+    return form
 
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """Where an archived event is: the file's key and the record's position (leaf) in it."""
+    """Where an archived event is: the file's key and the record's position (leaf) in it.
+
+    ``record_hash`` is the record's RFC 9162 leaf hash, SHA-256(0x00 || record). It ties the
+    location to one event's exact bytes, not to its id: the same id in another tenant (a
+    different record) never shows this location, and the archiver need not know tenants.
+    """
 
     event_id: str
     tracker: str
@@ -120,6 +178,7 @@ class Location:
     key: str
     leaf: int
     stored_ms: int
+    record_hash: bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {"tracker": self.tracker, "store": self.store, "key": self.key, "leaf": self.leaf}
@@ -141,14 +200,69 @@ class StoredEvent:
     source: str
     locations: list[Location] = field(default_factory=list)
 
+    @property
+    def record_hash(self) -> bytes:
+        """The record's leaf hash, the key of its archive locations."""
+        return leaf_hash(self.record)
+
+
+def origin_of(source: str | None) -> str:
+    """``trailkeeper`` for the daemon's own audit records, ``producer`` for everything sent to it."""
+    return ORIGIN_TRAILKEEPER if source in _AUDIT_SOURCES else ORIGIN_PRODUCER
+
 
 def row_to_item(row: Sequence[Any]) -> dict[str, Any]:
-    """A list item (LIST_COLUMNS order) as the API returns it."""
-    item = dict(zip(LIST_COLUMNS, row, strict=True))
+    """A list item as the API returns it, from a row in ITEM_COLUMNS order.
+
+    Fields are the values the producer sent (not their column forms), as valid Unicode
+    (a lone surrogate reads as U+FFFD); ``tenant`` is None for an event without one;
+    ``origin`` says whether trailkeeper itself wrote the event.
+    """
+    item = dict(zip(ITEM_COLUMNS, row, strict=True))
+    source = item.pop("source")
+    exact = load_exact(item.pop("exact"))
+    if exact:
+        # The escape-free original sits beside its column form; the source is not an item field.
+        source = exact.pop("source", source)
+        for name, value in exact.items():
+            if name in item and isinstance(value, str):
+                item[name] = display_text(value)
+    if item.get("tenant") == NO_TENANT:
+        item["tenant"] = None
     rules = item.get("rules")
     item["rules"] = orjson.loads(rules) if rules else []
     item["received_ms"] = int(item["received_ms"])
+    item["origin"] = origin_of(source)
     return item
+
+
+def page_of(rows: Sequence[Sequence[Any]], limit: int) -> Page:
+    """A Page from up to ``limit + 1`` rows in ITEM_COLUMNS order (the extra row says "more").
+
+    The cursor holds the last row's stored (time, id, tenant), so paging compares what
+    is stored, whatever the values are.
+    """
+    items = [row_to_item(r) for r in rows[:limit]]
+    cursor = None
+    if len(rows) > limit and limit > 0:
+        last = rows[limit - 1]
+        cursor = encode_cursor(
+            last[_TIME], last[_ID], last[_TENANT] if last[_TENANT] is not None else NO_TENANT
+        )
+    return Page(items, cursor)
+
+
+_TIME = ITEM_COLUMNS.index("time")
+_ID = ITEM_COLUMNS.index("id")
+_TENANT = ITEM_COLUMNS.index("tenant")
+
+
+def stored_source(value: str | None, exact: bytes | memoryview | None) -> str:
+    """The source of a row as written (its exact value when the column form differs)."""
+    original = load_exact(exact).get("source")
+    if isinstance(original, str):
+        return original
+    return value or ""
 
 
 class IndexBackend(Protocol):
@@ -162,9 +276,12 @@ class IndexBackend(Protocol):
     async def close(self) -> None: ...
 
     async def write(self, rows: Sequence[IndexRow]) -> int:
-        """Insert rows; a row whose id is already indexed is skipped (first write wins).
+        """Insert rows; a row whose (tenant, id) is already indexed is skipped (first write wins).
 
-        Returns how many rows were new. At-least-once delivery makes repeats normal.
+        The same id in another tenant is another event and is always stored. Returns how
+        many rows were new. At-least-once delivery makes repeats normal. All or nothing:
+        raises IndexRefused (nothing written) when the backend refuses a row's content,
+        IndexUnavailable when the backend itself fails.
         """
 
     async def add_locations(self, locations: Sequence[Location]) -> None:
@@ -173,8 +290,19 @@ class IndexBackend(Protocol):
     async def search(self, query: Query) -> Page:
         """A page of rows newest first, restricted to ``query.tenants`` when set."""
 
-    async def get(self, event_id: str) -> StoredEvent | None:
-        """One event by id, whatever its tenant: the caller enforces scope."""
+    async def find(
+        self, event_id: str, tenants: frozenset[str] | None, limit: int = 100
+    ) -> list[StoredEvent]:
+        """The events with this id among ``tenants`` (None: every tenant; "" in the set: the
+        events without a tenant), newest received first, at most ``limit``, each with the
+        archive locations of its own record.
+
+        One lookup restricted to the scope: an id that exists only in other tenants costs
+        and answers exactly what an unknown id does.
+        """
+
+    async def get(self, event_id: str, tenants: frozenset[str] | None = None) -> StoredEvent | None:
+        """The newest of ``find(event_id, tenants)``, or None."""
 
     async def prune(self, before_ms: int) -> int:
         """Delete rows and locations received before ``before_ms``; returns rows deleted."""

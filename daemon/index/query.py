@@ -1,8 +1,11 @@
 """Index queries: filters, tenant scope, keyset cursors, and the SQL both backends share.
 
-Results are ordered newest first on ``(time, id)``. A cursor is the ``(time, id)``
-of the last row of a page, so paging is stable: rows indexed after the first page
-never shift later pages, and each row is returned once across a full walk.
+Results are ordered newest first on ``(time, id, tenant)`` (one id may exist in several
+tenants). A cursor is the stored ``(time, id, tenant)`` of the last row of a page, so
+paging is stable: rows indexed after the first page never shift later pages, and each
+row is returned once across a full walk. Values are compared in their column form
+(daemon.index.values), so a filter for a value with NUL or a very long value still
+finds exactly its rows.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ from typing import Any
 
 import orjson
 
+from daemon.index.values import MAX_COLUMN_BYTES, column_text, escape_text
+
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_FILTER_CHARS = 512
+# A cursor carries three stored values of up to MAX_COLUMN_BYTES each, base64-encoded.
+MAX_CURSOR_CHARS = 4096
 
 # Exact-match filters: query parameter -> column. Each column has an index on (column, time, id).
 EXACT_FILTERS: dict[str, str] = {
@@ -66,12 +73,19 @@ def normalise_time(value: str, name: str) -> str:
     return parsed.strftime("%Y-%m-%dT%H:%M:%S.") + f"{parsed.microsecond // 1000:03d}Z"
 
 
-def encode_cursor(time: str, event_id: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([time, event_id])).decode().rstrip("=")
+# The stored (time, id, tenant) a page ends at; tenant None: a cursor from before tenants
+# were part of an event's identity, compared on (time, id) alone.
+After = tuple[str, str, str | None]
 
 
-def decode_cursor(cursor: str) -> tuple[str, str]:
-    """The ``(time, id)`` a cursor points after. Raises QueryError for a damaged cursor."""
+def encode_cursor(time: str, event_id: str, tenant: str = "") -> str:
+    """A cursor after the row stored with these (column-form) values."""
+    return base64.urlsafe_b64encode(orjson.dumps([time, event_id, tenant])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> After:
+    """The stored ``(time, id, tenant)`` a cursor points after. Raises QueryError for a
+    damaged cursor. Two-element cursors of earlier versions are still accepted."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value = orjson.loads(raw)
@@ -79,11 +93,11 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         raise QueryError("cursor: not a cursor returned by this API (pass next_cursor unchanged)") from exc
     if (
         not isinstance(value, list)
-        or len(value) != 2
-        or not all(isinstance(v, str) and len(v) <= MAX_FILTER_CHARS for v in value)
+        or len(value) not in (2, 3)
+        or not all(isinstance(v, str) and len(v) <= MAX_COLUMN_BYTES for v in value)
     ):
         raise QueryError("cursor: not a cursor returned by this API (pass next_cursor unchanged)")
-    return value[0], value[1]
+    return value[0], value[1], value[2] if len(value) == 3 else None
 
 
 @dataclass(slots=True)
@@ -98,7 +112,7 @@ class Query:
     end: str | None = None  # exclusive
     text: str | None = None  # substring of operation or resource_name, case-insensitive
     limit: int = DEFAULT_LIMIT
-    after: tuple[str, str] | None = None
+    after: After | None = None
     tenants: frozenset[str] | None = None
 
     @classmethod
@@ -109,10 +123,11 @@ class Query:
             raise QueryError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(QUERY_PARAMS)}")
         q = cls(tenants=tenants)
         for name, value in params.items():
-            if len(value) > MAX_FILTER_CHARS:
-                raise QueryError(f"{name}: longer than {MAX_FILTER_CHARS} characters")
-            if "\x00" in value:
-                raise QueryError(f"{name}: contains a NUL character")
+            # Any character is allowed (NUL too): the index stores and compares column
+            # forms, so a value a producer could send can also be searched for.
+            most = MAX_CURSOR_CHARS if name == "cursor" else MAX_FILTER_CHARS
+            if len(value) > most:
+                raise QueryError(f"{name}: longer than {most} characters")
         for name, column in EXACT_FILTERS.items():
             given = params.get(name)
             if given is not None:
@@ -129,7 +144,7 @@ class Query:
             q.text = params["q"]
         if "limit" in params:
             raw = params["limit"]
-            if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+            if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
                 raise QueryError(f"limit: expected an integer from 1 to {MAX_LIMIT}, got {raw!r}")
             q.limit = int(raw)
         if params.get("cursor"):
@@ -154,7 +169,9 @@ def build_select(
     like: str = "LIKE",
     lower: bool = False,
 ) -> Sql:
-    """The page query for ``q``: WHERE on filters and scope, keyset on (time, id), LIMIT n+1.
+    """The page query for ``q``: WHERE on filters and scope, keyset on (time, id, tenant),
+    LIMIT n+1. Filter and tenant values are bound in their column form, the free text
+    escaped the way stored text is.
 
     ``placeholder(i)`` renders the i-th (1-based) parameter: ``?`` for SQLite,
     ``$i`` for PostgreSQL. ``like`` is the case-insensitive LIKE operator.
@@ -167,26 +184,30 @@ def build_select(
         return placeholder(len(args))
 
     for column, value in q.filters.items():
-        where.append(f"{column} = {arg(value)}")
+        where.append(f"{column} = {arg(column_text(value))}")
     if q.tenants is not None:
         if not q.tenants:
             where.append("1 = 0")
         else:
-            marks = ", ".join(arg(t) for t in sorted(q.tenants))
+            marks = ", ".join(arg(column_text(t)) for t in sorted(q.tenants))
             where.append(f"tenant IN ({marks})")
     if q.start is not None:
         where.append(f"time >= {arg(q.start)}")
     if q.end is not None:
         where.append(f"time < {arg(q.end)}")
     if q.text:
-        pattern = f"%{_like_escape(q.text.lower() if lower else q.text)}%"
+        text = escape_text(q.text)
+        pattern = f"%{_like_escape(text.lower() if lower else text)}%"
         a, b = arg(pattern), arg(pattern)
         where.append(f"(operation {like} {a} ESCAPE '\\' OR resource_name {like} {b} ESCAPE '\\')")
     if q.after is not None:
         t, i = arg(q.after[0]), arg(q.after[1])
-        where.append(f"(time, id) < ({t}, {i})")
+        if q.after[2] is None:
+            where.append(f"(time, id) < ({t}, {i})")
+        else:
+            where.append(f"(time, id, tenant) < ({t}, {i}, {arg(q.after[2])})")
     sql = f"SELECT {columns} FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY time DESC, id DESC LIMIT {arg(q.limit + 1)}"
+    sql += f" ORDER BY time DESC, id DESC, tenant DESC LIMIT {arg(q.limit + 1)}"
     return Sql(sql, args)

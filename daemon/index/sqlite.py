@@ -3,8 +3,12 @@
 One writer connection (the index consumer and archive listeners) and a small
 pool of read-only connections (queries), each on its own thread via aiosqlite,
 so no SQLite call ever runs on the event loop and readers never wait for writes.
-Every filter column has an index on ``(column, time, id)``: a filtered page is
-one backward index range scan that stops after ``limit + 1`` rows.
+Every filter column has an index on ``(column, time, id, tenant)``: a filtered page
+is one backward index range scan that stops after ``limit + 1`` rows.
+
+An event is identified by ``(id, tenant)``. Files written before that (schema 1,
+keyed by id alone, ``PRAGMA user_version`` 0) are migrated in place on open, in one
+transaction: a crash midway leaves the old schema, and the next open migrates again.
 """
 
 from __future__ import annotations
@@ -12,29 +16,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
 from daemon.events import CANONICAL_FIELDS
 from daemon.index.base import (
     ALL_COLUMNS,
-    LIST_COLUMNS,
+    ITEM_COLUMNS,
+    NO_TENANT,
+    TEXT_COLUMNS,
+    IndexRefused,
     IndexRow,
     IndexUnavailable,
     Location,
     Page,
     StoredEvent,
+    page_of,
     row_to_item,
+    stored_source,
 )
-from daemon.index.query import EXACT_FILTERS, Query, build_select, encode_cursor
+from daemon.index.query import EXACT_FILTERS, Query, build_select
+from daemon.index.values import column_or_none, column_text, exact_json
+from daemon.integrity.merkle import leaf_hash
+from daemon.telemetry import get_logger
 
-_TEXT_COLUMNS = ", ".join(f"{f} TEXT" for f in CANONICAL_FIELDS if f not in ("id", "time"))
+log = get_logger("index")
 
-SCHEMA = [
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is schema 1 (or a new, empty file)
+
+_TEXT_COLUMNS = ", ".join(
+    f"{f} TEXT{' NOT NULL' if f == 'tenant' else ''}" for f in CANONICAL_FIELDS if f not in ("id", "time")
+)
+
+_TABLES = [
     f"""CREATE TABLE IF NOT EXISTS events (
-        id TEXT NOT NULL UNIQUE,
+        id TEXT NOT NULL,
         time TEXT NOT NULL,
         {_TEXT_COLUMNS},
         category TEXT,
@@ -43,30 +63,78 @@ SCHEMA = [
         received_ms INTEGER NOT NULL,
         journal_offset INTEGER NOT NULL,
         source TEXT,
-        record BLOB NOT NULL
+        record BLOB NOT NULL,
+        exact BLOB,
+        UNIQUE (id, tenant)
     )""",
-    "CREATE INDEX IF NOT EXISTS events_time ON events (time, id)",
-    "CREATE INDEX IF NOT EXISTS events_received ON events (received_ms)",
-    *(
-        f"CREATE INDEX IF NOT EXISTS events_{col} ON events ({col}, time, id)"
-        for col in sorted(set(EXACT_FILTERS.values()))
-    ),
     """CREATE TABLE IF NOT EXISTS locations (
         event_id TEXT NOT NULL,
+        record_hash BLOB NOT NULL,
         tracker TEXT NOT NULL,
         store TEXT NOT NULL,
         key TEXT NOT NULL,
         leaf INTEGER NOT NULL,
         stored_ms INTEGER NOT NULL,
-        PRIMARY KEY (event_id, tracker, key)
+        PRIMARY KEY (event_id, record_hash, tracker, key)
     )""",
+]
+_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS events_time ON events (time, id, tenant)",
+    "CREATE INDEX IF NOT EXISTS events_received ON events (received_ms)",
+    *(
+        f"CREATE INDEX IF NOT EXISTS events_{col} ON events "
+        f"({col}, time, id{'' if col == 'tenant' else ', tenant'})"
+        for col in sorted(set(EXACT_FILTERS.values()))
+    ),
     "CREATE INDEX IF NOT EXISTS locations_stored ON locations (stored_ms)",
 ]
+SCHEMA = [*_TABLES, *_INDEXES]
 
 _INSERT = (
-    f"INSERT OR IGNORE INTO events ({', '.join(ALL_COLUMNS)}) VALUES ({', '.join('?' for _ in ALL_COLUMNS)})"
+    f"INSERT INTO events ({', '.join(ALL_COLUMNS)}) VALUES ({', '.join('?' for _ in ALL_COLUMNS)}) "
+    "ON CONFLICT (id, tenant) DO NOTHING"
 )
+_GET_COLUMNS = ", ".join((*ITEM_COLUMNS, "journal_offset", "record"))
 _PRUNE_CHUNK = 10_000
+
+# Errors about the rows, not the database: the same rows fail again (bisect, park).
+# Everything else from sqlite3 (I/O, disk full, locked, corrupt) is the database failing.
+_REFUSALS: tuple[type[BaseException], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,  # a value of a type SQLite cannot bind
+    ValueError,  # UnicodeEncodeError: text that is not UTF-8
+    TypeError,
+    OverflowError,  # an integer over 64 bits
+)
+
+_ANY_FAILURE: tuple[type[BaseException], ...] = (sqlite3.Error, *_REFUSALS)
+
+
+def _exact_of(*values: str | None) -> bytes | None:
+    """SQL function for the migration: ``exact`` of a schema-1 row's TEXT_COLUMNS."""
+    exact = {
+        name: value
+        for name, value in zip(TEXT_COLUMNS, values, strict=True)
+        if value is not None and column_text(value) != value
+    }
+    return exact_json(exact) if exact else None
+
+
+def _migrated(column: str) -> str:
+    """The expression that copies ``column`` of a schema-1 row into schema 2."""
+    if column == "exact":
+        return f"tk_exact({', '.join(TEXT_COLUMNS)})"
+    if column == "tenant":
+        return f"tk_column(COALESCE(tenant, '{NO_TENANT}'))"
+    if column in TEXT_COLUMNS:
+        return f"tk_column({column})"
+    return column
+
+
+def _leaf_hash_or_none(record: bytes | None) -> bytes | None:
+    return None if record is None else leaf_hash(bytes(record))
 
 
 class SqliteIndex:
@@ -100,10 +168,8 @@ class SqliteIndex:
                 "temp_store=MEMORY",
             ):
                 await writer.execute(f"PRAGMA {pragma}")
-            for statement in SCHEMA:
-                await writer.execute(statement)
-            await writer.commit()
             self._writer = writer
+            await self._schema(writer)
             for _ in range(self.readers):
                 reader = await aiosqlite.connect(self.path)
                 await reader.execute("PRAGMA query_only=1")
@@ -111,9 +177,104 @@ class SqliteIndex:
                 await reader.execute("PRAGMA cache_size=-16384")
                 self._all_readers.append(reader)
                 self._pool.put_nowait(reader)
+        except IndexUnavailable:
+            await self.close()
+            raise
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise IndexUnavailable(f"cannot open the SQLite index {self.path}: {exc}") from exc
+
+    async def _schema(self, w: aiosqlite.Connection) -> None:
+        async with w.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise IndexUnavailable(
+                f"the SQLite index {self.path} has schema {version}, newer than this trailkeeper's "
+                f"{SCHEMA_VERSION}; run the newer version or delete the file (it is rebuilt from the journal)"
+            )
+        async with w.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'") as cur:
+            exists = await cur.fetchone() is not None
+        if exists and version < SCHEMA_VERSION:
+            await self._migrate_from_1(w)
+            return
+        for statement in SCHEMA:
+            await w.execute(statement)
+        await w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await w.commit()
+
+    async def _migrate_from_1(self, w: aiosqlite.Connection) -> None:
+        """Schema 1 (events unique by id, locations keyed by event id) to schema 2.
+
+        Rows are copied into the new tables with their text in column form and an empty
+        tenant for none. A location gets the leaf hash of its event's record; locations
+        of an id that one tracker stored in several files (the collision this schema
+        fixes: one of them may be another tenant's record) or with no indexed event are
+        dropped, as they cannot be tied to one record. Events are never dropped.
+        """
+        started = time.monotonic()
+        await w.create_function("tk_column", 1, column_or_none, deterministic=True)
+        await w.create_function("tk_exact", len(TEXT_COLUMNS), _exact_of, deterministic=True)
+        await w.create_function("tk_leaf_hash", 1, _leaf_hash_or_none, deterministic=True)
+        await w.execute("BEGIN IMMEDIATE")
+        try:
+            async with w.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                "AND tbl_name IN ('events', 'locations')"
+            ) as cur:
+                old_indexes = [r[0] for r in await cur.fetchall()]
+            for name in old_indexes:
+                await w.execute(f'DROP INDEX "{name}"')
+            async with w.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'locations'"
+            ) as cur:
+                had_locations = await cur.fetchone() is not None
+            await w.execute("ALTER TABLE events RENAME TO events_v1")
+            if had_locations:
+                await w.execute("ALTER TABLE locations RENAME TO locations_v1")
+            for statement in _TABLES:
+                await w.execute(statement)
+            select = ", ".join(_migrated(c) for c in ALL_COLUMNS)
+            cur = await w.execute(
+                f"INSERT INTO events ({', '.join(ALL_COLUMNS)}) SELECT {select} FROM events_v1"
+            )
+            events = cur.rowcount
+            await cur.close()
+            kept = dropped = 0
+            if had_locations:
+                cur = await w.execute(
+                    "INSERT INTO locations (event_id, record_hash, tracker, store, key, leaf, stored_ms) "
+                    "SELECT tk_column(l.event_id), tk_leaf_hash(e.record), l.tracker, l.store, l.key, "
+                    "l.leaf, l.stored_ms FROM locations_v1 l JOIN events_v1 e ON e.id = l.event_id "
+                    "WHERE NOT EXISTS (SELECT 1 FROM locations_v1 o WHERE o.event_id = l.event_id "
+                    "AND o.tracker = l.tracker AND o.key <> l.key)"
+                )
+                kept = cur.rowcount
+                await cur.close()
+                async with w.execute("SELECT count(*) FROM locations_v1") as c2:
+                    total = await c2.fetchone()
+                dropped = (int(total[0]) if total else 0) - kept
+                await w.execute("DROP TABLE locations_v1")
+            await w.execute("DROP TABLE events_v1")
+            for statement in _INDEXES:
+                await w.execute(statement)
+            await w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            await w.commit()
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await w.rollback()
+            raise
+        log.info(
+            "index.migrated",
+            backend=self.name,
+            path=str(self.path),
+            from_schema=1,
+            to_schema=SCHEMA_VERSION,
+            events=events,
+            locations_kept=kept,
+            locations_dropped=dropped,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     async def close(self) -> None:
         for conn in self._all_readers:
@@ -144,9 +305,12 @@ class SqliteIndex:
             self._pool.put_nowait(conn)
 
     async def write(self, rows: Sequence[IndexRow]) -> int:
-        values = [r.values() for r in rows]
-        if not values:
+        if not rows:
             return 0
+        try:
+            values = [r.values() for r in rows]
+        except _REFUSALS as exc:
+            raise IndexRefused(f"SQLite index {self.path}: a row cannot be stored: {exc}") from exc
         w = self._w()
         async with self._write_lock:
             try:
@@ -154,6 +318,10 @@ class SqliteIndex:
                 await w.executemany(_INSERT, values)
                 await w.commit()
                 return w.total_changes - before
+            except _REFUSALS as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await w.rollback()
+                raise IndexRefused(f"SQLite index {self.path}: write refused: {exc}") from exc
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     await w.rollback()
@@ -166,44 +334,75 @@ class SqliteIndex:
         async with self._write_lock:
             try:
                 await w.executemany(
-                    "INSERT OR IGNORE INTO locations (event_id, tracker, store, key, leaf, stored_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO locations (event_id, record_hash, tracker, store, key, leaf, "
+                    "stored_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (loc.event_id, loc.tracker, loc.store, loc.key, loc.leaf, loc.stored_ms)
+                        (
+                            column_text(loc.event_id),
+                            loc.record_hash,
+                            loc.tracker,
+                            loc.store,
+                            loc.key,
+                            loc.leaf,
+                            loc.stored_ms,
+                        )
                         for loc in locations
                     ],
                 )
                 await w.commit()
-            except sqlite3.Error as exc:
+            except _ANY_FAILURE as exc:
                 with contextlib.suppress(sqlite3.Error):
                     await w.rollback()
                 raise IndexUnavailable(f"SQLite index {self.path}: location write failed: {exc}") from exc
 
     async def search(self, query: Query) -> Page:
-        sql = build_select(query, ", ".join(LIST_COLUMNS), lambda _i: "?")
+        sql = build_select(query, ", ".join(ITEM_COLUMNS), lambda _i: "?")
         async with self._reader() as conn, conn.execute(sql.text, sql.args) as cur:
             rows = list(await cur.fetchall())
-        items = [row_to_item(r) for r in rows[: query.limit]]
-        more = len(rows) > query.limit
-        cursor = encode_cursor(items[-1]["time"], items[-1]["id"]) if more and items else None
-        return Page(items, cursor)
+        return page_of(rows, query.limit)
 
-    async def get(self, event_id: str) -> StoredEvent | None:
+    async def find(
+        self, event_id: str, tenants: frozenset[str] | None, limit: int = 100
+    ) -> list[StoredEvent]:
+        if tenants is not None and not tenants:
+            return []
+        sql = f"SELECT {_GET_COLUMNS} FROM events WHERE id = ?"
+        args: list[Any] = [column_text(event_id)]
+        if tenants is not None:
+            # The (id, tenant) unique index answers this with one probe per tenant, found or not.
+            sql += f" AND tenant IN ({', '.join('?' for _ in tenants)})"
+            args += [column_text(t) for t in sorted(tenants)]
+        sql += " ORDER BY received_ms DESC, tenant LIMIT ?"
+        args.append(limit)
+        n = len(ITEM_COLUMNS)
+        out: list[StoredEvent] = []
         async with self._reader() as conn:
-            async with conn.execute(
-                f"SELECT {', '.join(ALL_COLUMNS)} FROM events WHERE id = ?", (event_id,)
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
-                return None
-            async with conn.execute(
-                "SELECT event_id, tracker, store, key, leaf, stored_ms FROM locations "
-                "WHERE event_id = ? ORDER BY stored_ms, tracker, key",
-                (event_id,),
-            ) as cur:
-                locs = [Location(*r) for r in await cur.fetchall()]
-        n = len(LIST_COLUMNS)
-        return StoredEvent(row_to_item(row[:n]), bytes(row[n + 2]), int(row[n]), str(row[n + 1]), locs)
+            async with conn.execute(sql, args) as cur:
+                rows = list(await cur.fetchall())
+            for row in rows:
+                fields = row_to_item(row[:n])
+                stored = StoredEvent(
+                    fields,
+                    bytes(row[n + 1]),
+                    int(row[n]),
+                    stored_source(row[ITEM_COLUMNS.index("source")], row[ITEM_COLUMNS.index("exact")]),
+                )
+                digest = stored.record_hash
+                async with conn.execute(
+                    "SELECT tracker, store, key, leaf, stored_ms FROM locations "
+                    "WHERE event_id = ? AND record_hash = ? ORDER BY stored_ms, tracker, key",
+                    (args[0], digest),
+                ) as cur:
+                    stored.locations = [
+                        Location(str(fields["id"]), r[0], r[1], r[2], int(r[3]), int(r[4]), digest)
+                        for r in await cur.fetchall()
+                    ]
+                out.append(stored)
+        return out
+
+    async def get(self, event_id: str, tenants: frozenset[str] | None = None) -> StoredEvent | None:
+        found = await self.find(event_id, tenants, limit=1)
+        return found[0] if found else None
 
     async def prune(self, before_ms: int) -> int:
         w = self._w()
