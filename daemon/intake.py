@@ -3,6 +3,12 @@
 Accepted events and rejected items (bound for the quarantine) are appended in
 one group commit, so a source acknowledges a batch only when every item in it
 is either durable as an event or durable in the quarantine queue.
+
+Reserved names: trailkeeper's own audit records are written by the Auditor
+(daemon.api.audit) with source ``AUDIT_SOURCE`` into the audit tenant
+(``auth.audit_tenant``). No producer may write events that look like them: the
+HTTP ingest refuses events of the reserved tenant, queue sources quarantine
+them, and no queue source may be named after a reserved source.
 """
 
 from __future__ import annotations
@@ -15,6 +21,15 @@ from daemon import telemetry
 from daemon.decodepool import Decoded
 from daemon.events import Event, QuarantineItem, Rejected, encode_event, encode_quarantine, now_ms
 from daemon.journal import Journal, JournalFull
+
+# The source of the daemon's own audit records, which no producer can set.
+AUDIT_SOURCE = "trailkeeper"
+# What the daemon's own audit records were written with before; never a queue source's name
+# either, so an old self-audit record cannot be confused with a producer's event.
+RESERVED_SOURCES = frozenset({AUDIT_SOURCE, "audit"})
+# auth.audit_tenant's default: reserved until an Auditor claims the configured tenant.
+DEFAULT_AUDIT_TENANT = "trailkeeper"
+REASON_RESERVED_TENANT = "reserved_tenant"
 
 
 @dataclass(slots=True)
@@ -29,6 +44,19 @@ class Intake:
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
+        # The tenant of trailkeeper's own records; the Auditor sets the configured one.
+        self.reserved_tenant = DEFAULT_AUDIT_TENANT
+
+    def reserve_tenant(self, tenant: str) -> None:
+        """Make ``tenant`` the one no source may write into (the audit tenant)."""
+        self.reserved_tenant = tenant
+
+    def reserved_detail(self) -> str:
+        """Why an event of the reserved tenant is refused, for the producer and the quarantine."""
+        return (
+            f"tenant {self.reserved_tenant!r} is reserved for trailkeeper's own audit records "
+            "(auth.audit_tenant); no producer may write into it"
+        )
 
     async def submit(self, items: Sequence[Event | Rejected], source: str, ref: str | None = None) -> Outcome:
         """Make every item durable (events, or quarantine entries for rejected items).

@@ -10,19 +10,49 @@ token), never as plain text. Roles:
 - ``admin``: everything, every tenant's events (dead-letter replay, reload).
 
 ``tenants: ["*"]`` means every tenant, including events with no tenant; any
-other list is an exact set.
+other list is an exact set. No token, whatever its tenants, may write into the
+audit tenant (``audit_tenant``): that tenant holds trailkeeper's own records.
+
+Tokens come from ``auth.tokens`` and from ``auth.tokens_file`` (the same list in
+a file of its own, for a mounted Kubernetes Secret or a file only root reads);
+any string of the config may also be ``${ENV}``. A token may carry ``expires``:
+from then on it is refused like an unknown token (401), and only the audit
+record says it expired. ``trailkeeper tokens create`` makes a token and its
+config entry; ``trailkeeper tokens hash`` prints the digest of one.
+
+Failed authentication is throttled per source address and per unknown token
+(``auth.failures``, see daemon.api.throttle) and audited in summaries (see
+daemon.api.audit), so a flood of bad requests costs bounded CPU and journal space.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from daemon.api.throttle import FailureThrottle, SourceResolver, parse_networks
+from daemon.intake import DEFAULT_AUDIT_TENANT
+from daemon.telemetry import get_logger
+from daemon.units import Duration
+
+log = get_logger("api.auth")
 
 Role = Literal["producer", "auditor", "admin"]
 Action = Literal["ingest", "read", "admin"]
@@ -63,6 +93,18 @@ class TokenConfig(_Strict):
     """Tenants (account or project ids) this token may send or read; ["*"]: every tenant."""
     rate_limit: RateLimitConfig | None = None
     """This token's own limit; null: auth.rate_limit applies."""
+    expires: dt.datetime | None = None
+    """When the token stops working (ISO 8601, e.g. 2026-06-30T00:00:00Z; a date means its midnight,
+    no zone means UTC); null: never. An expired token is answered 401 like an unknown one; only the
+    audit record says it expired.
+    """
+
+    @field_validator("expires")
+    @classmethod
+    def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
 
     @field_validator("sha256")
     @classmethod
@@ -85,45 +127,151 @@ class TokenConfig(_Strict):
         return value
 
 
+class FailureLimitConfig(_Strict):
+    """A token bucket for failed authentication: ``requests_per_second`` sustained, ``burst`` at once."""
+
+    requests_per_second: float = Field(default=1.0, gt=0)
+    """Failed authentications per second a source address (or one unknown token) may make once its
+    burst is spent.
+    """
+    burst: int = Field(default=100, ge=1)
+    """Failed authentications a source address (or one unknown token) may make at once."""
+
+
+class FailureConfig(_Strict):
+    """``auth.failures``: throttling of failed authentication, and its audit in summaries.
+
+    Requests without a valid token draw on the bucket of their source address and, with an
+    unknown token, on that token's (by its SHA-256); valid tokens never draw on these buckets.
+    Refusals (401, and 429 of any kind) are audited per source address and kind in windows:
+    the first few one by one, at once; the rest counted in one summary event when the window
+    closes (and at shutdown).
+    """
+
+    rate_limit: FailureLimitConfig | None = Field(default_factory=FailureLimitConfig)
+    """Failed authentications allowed per source address and per unknown token (429 with Retry-After
+    beyond); null: unlimited.
+    """
+    max_tracked: int = Field(default=10_000, ge=1)
+    """Buckets held in memory at most, least recently used dropped first (a dropped bucket starts full
+    again, as a new address would).
+    """
+    audit_window: Duration = Field(default=60.0, gt=0)
+    """Refusals of one source address and kind within this time share one summary audit event (count,
+    first and last time).
+    """
+    audit_first: int = Field(default=5, ge=0)
+    """Refusals of each window recorded one by one, at once, before the rest are only counted in the
+    window's summary.
+    """
+    audit_max_sources: int = Field(default=100, ge=1)
+    """Windows open at once at most; refusals from further source addresses are only counted, in one
+    window per kind for all other addresses.
+    """
+
+
 class AuthConfig(_Strict):
     """``auth:``: who may call the API."""
 
     tokens: list[TokenConfig] = Field(default_factory=list)
     """Bearer tokens. None at all: ingest is open (as before auth existed) and reads answer 401."""
+    tokens_file: Path | None = None
+    """A YAML file with more tokens: a list like auth.tokens (or {tokens: [...]}), e.g. a mounted
+    Kubernetes Secret. Read at start and by check-config; a relative path is from the working
+    directory; no ${ENV} inside it. Null: only auth.tokens.
+    """
     rate_limit: RateLimitConfig | None = Field(default_factory=RateLimitConfig)
     """Per-token request rate limit (429 with Retry-After beyond it); null: unlimited."""
-    audit_tenant: str = Field(default="trailkeeper", min_length=1)
-    """Tenant of the events recording API use; only tokens with it (or "*") read who queried."""
+    audit_tenant: str = Field(default=DEFAULT_AUDIT_TENANT, min_length=1)
+    """Tenant of the events recording API use; only tokens with it (or "*") read who queried. Reserved:
+    no producer, "*" included, may write events into it, on any ingest path.
+    """
+    failures: FailureConfig = Field(default_factory=FailureConfig)
+    """Throttling of failed authentication, and summarised audit of refusals (401, 429)."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or CIDR networks of reverse proxies whose X-Forwarded-For names the client; empty: the
+    peer address is the source and X-Forwarded-For is ignored.
+    """
+
+    _file_tokens: list[TokenConfig] = PrivateAttr(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
+        return value
 
     @model_validator(mode="after")
     def _unique(self) -> AuthConfig:
+        self._file_tokens = _read_tokens_file(self.tokens_file) if self.tokens_file is not None else []
         problems = []
         names: set[str] = set()
         digests: set[str] = set()
-        for i, token in enumerate(self.tokens):
+        where = [f"tokens[{i}]" for i in range(len(self.tokens))]
+        where += [f"tokens_file {self.tokens_file}: [{i}]" for i in range(len(self._file_tokens))]
+        for at, token in zip(where, self.all_tokens(), strict=True):
             if token.name in names:
-                problems.append(f"tokens[{i}].name: token {token.name!r} is defined twice")
+                problems.append(f"{at}.name: token {token.name!r} is defined twice")
             if token.sha256 in digests:
-                problems.append(f"tokens[{i}].sha256: the same token is defined twice")
+                problems.append(f"{at}.sha256: the same token is defined twice")
             names.add(token.name)
             digests.add(token.sha256)
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
+    def all_tokens(self) -> list[TokenConfig]:
+        """``tokens`` then the tokens of ``tokens_file``, as read when the config was loaded."""
+        return [*self.tokens, *self._file_tokens]
+
+
+def _read_tokens_file(path: Path) -> list[TokenConfig]:
+    """The token entries of ``auth.tokens_file``. Raises ValueError naming the file and entry."""
+    label = f"tokens_file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"{label}: cannot read the file: {reason}") from exc
+    try:
+        doc: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{label}: not valid YAML: {exc}") from exc
+    if doc is None:
+        return []
+    if isinstance(doc, dict) and set(doc) == {"tokens"}:
+        doc = doc["tokens"]
+    if not isinstance(doc, list):
+        raise ValueError(f"{label}: expected a list of tokens like auth.tokens (or tokens: [...])")
+    tokens: list[TokenConfig] = []
+    problems: list[str] = []
+    for i, entry in enumerate(doc):
+        try:
+            tokens.append(TokenConfig.model_validate(entry))
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in err["loc"])
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                problems.append(f"{label}: [{i}]{loc}: {msg}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tokens
+
 
 def hash_token(token: str) -> str:
+    """The SHA-256 hex of a token: what auth.tokens[].sha256 holds."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller. ``tenants`` None means every tenant."""
+    """An authenticated caller. ``tenants`` None means every tenant; ``expires_at`` epoch seconds."""
 
     name: str
     role: str
     tenants: frozenset[str] | None
     rate_limit: RateLimitConfig | None
+    expires_at: float | None = None
 
     def may(self, action: Action) -> bool:
         return self.role in ALLOWED[action]
@@ -132,10 +280,23 @@ class Principal:
         return self.tenants is None or (tenant is not None and tenant in self.tenants)
 
 
+FailureReason = Literal["no_token", "bad_token", "expired_token"]
+
+
 @dataclass(frozen=True, slots=True)
 class AuthFailure:
-    reason: Literal["no_token", "bad_token"]
+    """Why a request is not authenticated.
+
+    ``message`` is the answer's; ``detail`` goes to the audit record only (an expired token
+    gets the answer an unknown one gets). ``digest`` is the SHA-256 of a presented token,
+    ``principal`` the token's owner when the token is known but expired.
+    """
+
+    reason: FailureReason
     message: str
+    detail: str | None = None
+    digest: str | None = None
+    principal: Principal | None = None
 
 
 class Authenticator:
@@ -147,18 +308,48 @@ class Authenticator:
     and every read or admin endpoint refuses all callers.
     """
 
-    def __init__(self, config: AuthConfig, legacy_ingest_hashes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: AuthConfig,
+        legacy_ingest_hashes: list[str] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self._clock = clock
         self._by_digest: dict[str, Principal] = {}
-        for token in config.tokens:
+        now = clock()
+        for token in config.all_tokens():
             tenants = None if token.tenants == ["*"] else frozenset(token.tenants)
+            expires_at = token.expires.timestamp() if token.expires is not None else None
             self._by_digest[token.sha256] = Principal(
-                token.name, token.role, tenants, token.rate_limit or config.rate_limit
+                token.name, token.role, tenants, token.rate_limit or config.rate_limit, expires_at
             )
+            if expires_at is not None and expires_at <= now:
+                log.warning("auth.token_expired", token=token.name, expired=_iso(expires_at))
+            elif expires_at is not None and expires_at - now < 7 * 86400:
+                log.warning("auth.token_expires_soon", token=token.name, expires=_iso(expires_at))
         for i, digest in enumerate(legacy_ingest_hashes or []):
             d = digest.strip().lower().removeprefix("sha256:")
             self._by_digest.setdefault(d, Principal(f"ingest-token-{i}", "producer", None, config.rate_limit))
         self.open_ingest = not self._by_digest
+        self.sources = SourceResolver(parse_networks(config.trusted_proxies))
+        limit = config.failures.rate_limit
+        self.failures = FailureThrottle(
+            limit.requests_per_second if limit is not None else None,
+            limit.burst if limit is not None else 1,
+            config.failures.max_tracked,
+            monotonic,
+        )
+
+    def client_address(self, peer: str | None, forwarded_for: Sequence[str] = ()) -> str:
+        """The request's source address: the peer, or the client a trusted proxy forwarded."""
+        return self.sources.client(peer, forwarded_for)
+
+    def throttle(self, failure: AuthFailure, address: str) -> float:
+        """Count a failed authentication; 0 within the limits, else seconds to wait (answer 429)."""
+        return self.failures.take(address, failure.digest)
 
     def authenticate(self, header: str | None) -> Principal | AuthFailure:
         if not header:
@@ -168,10 +359,22 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token:
             return AuthFailure("no_token", "the Authorization header must be 'Bearer <token>'")
         # Looking up a digest leaks nothing useful about any token: digests cannot be steered.
-        principal = self._by_digest.get(hash_token(token))
+        digest = hash_token(token)
+        principal = self._by_digest.get(digest)
         if principal is None:
-            return AuthFailure("bad_token", "the bearer token is not valid")
+            return AuthFailure("bad_token", _INVALID, digest=digest)
+        if principal.expires_at is not None and self._clock() >= principal.expires_at:
+            detail = f"token {principal.name!r} expired at {_iso(principal.expires_at)}"
+            return AuthFailure("expired_token", _INVALID, detail, digest, principal)
         return principal
+
+
+# One answer for unknown and expired tokens: the answer must not tell which tokens exist.
+_INVALID = "the bearer token is not valid"
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 class RateLimiter:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential, wait_random
 
 from daemon import telemetry
@@ -53,9 +53,10 @@ from daemon.events import (
     Rejected,
     decode_entry,
     encode_quarantine,
+    event_header,
     now_ms,
 )
-from daemon.intake import Intake
+from daemon.intake import REASON_RESERVED_TENANT, RESERVED_SOURCES, Intake
 from daemon.journal import Journal, JournalFull, JournalReader
 from daemon.telemetry import get_logger
 from daemon.units import Duration, Size
@@ -100,6 +101,15 @@ class QueueSourceConfig(BaseModel):
     """On shutdown, how long to wait for messages in hand to be made durable and acked; later ones stay
     unacked and are redelivered.
     """
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value is not None and value in RESERVED_SOURCES:
+            raise ValueError(
+                f"{value!r} is the source of trailkeeper's own audit records and cannot name a queue source"
+            )
+        return value
 
     @property
     def source_name(self) -> str:
@@ -173,8 +183,10 @@ def _quarantine_key(ref: str, index: int | None) -> str:
     return f"q\x00{ref}\x00{index}"
 
 
-def _event_key(event_id: str) -> str:
-    return f"e\x00{event_id}"
+def _event_key(tenant: str, event_id: str) -> str:
+    """The dedupe key of an event: its tenant and id, since the same id in another tenant is
+    another event. The tenant's length comes first, so no tenant/id split is ambiguous."""
+    return f"e\x00{len(tenant)}\x00{tenant}\x00{event_id}"
 
 
 def scan_journal_tail(payloads: Sequence[tuple[int, bytes]], source: str) -> list[str]:
@@ -190,7 +202,7 @@ def scan_journal_tail(payloads: Sequence[tuple[int, bytes]], source: str) -> lis
         if entry.kind == KIND_EVENT:
             ident = entry.canonical.get("id")
             if ident:
-                keys.append(_event_key(ident))
+                keys.append(_event_key(entry.tenant or "", ident))
         elif entry.kind == KIND_QUARANTINE:
             meta = orjson.loads(entry.record)
             if meta.get("ref"):
@@ -469,6 +481,23 @@ class QueueSource(ABC):
             raw = message.body[:keep]
         return Rejected(0, REASON_TOO_LARGE, detail, raw)
 
+    def _reserved(self, message: Message, payload: bytes, position: int) -> tuple[bytes, int, str]:
+        """The quarantine payload, index and reason replacing an event of the reserved tenant.
+
+        ``position`` (the item's place among the message's decoded items) is its index: an
+        event carries no index of its own, and the quarantine key needs one."""
+        record = payload[event_header(payload)[5] :]
+        item = QuarantineItem(
+            record,
+            REASON_RESERVED_TENANT,
+            self.intake.reserved_detail(),
+            self.name,
+            now_ms(),
+            position,
+            message.ref,
+        )
+        return encode_quarantine(item), position, REASON_RESERVED_TENANT
+
     def _decodable(self, message: Message) -> bool:
         """Whether the message is decoded, rather than refused whole (the source's own
         reject, or over ``max_message_bytes``)."""
@@ -514,11 +543,26 @@ class QueueSource(ABC):
             decoded = await self._decode(mine, MESSAGES_INLINE_BELOW)
         seen = self._seen
         dropped = 0
+        reserved = self.intake.reserved_tenant
+        position, last_owner = -1, -1
         for payload, owner, ident, index, reason in zip(*decoded, strict=True):
             p = ordinary[owner]
-            key = _event_key(ident) if ident is not None else _quarantine_key(p.message.ref, index)
+            position = position + 1 if owner == last_owner else 0
+            last_owner = owner
+            if ident is not None:
+                # The tenant from the entry's fixed header, as scan_journal_tail reads it back.
+                tenant = event_header(payload)[2].decode()
+                if tenant == reserved:
+                    # trailkeeper's own records live there: an event claiming it is quarantined
+                    # (never dropped), keyed like any quarantine entry of this message.
+                    payload, index, reason = self._reserved(p.message, payload, position)
+                    key = _quarantine_key(p.message.ref, index)
+                else:
+                    key = _event_key(tenant, ident)
+            else:
+                key = _quarantine_key(p.message.ref, index)
             # Not only for messages the broker marks redelivered: a queue may deliver a copy
-            # without saying so (SQS's at-least-once), and an event id names one event.
+            # without saying so (SQS's at-least-once), and (tenant, event id) names one event.
             if key in seen:
                 dropped += 1
                 continue

@@ -3,6 +3,8 @@
 Answers 202 only after every accepted event is fsynced in the journal and every
 rejected item is fsynced in the quarantine queue. 413 for an oversize body,
 415 for an unknown content type, 503 with Retry-After at the journal budget.
+403 for a request holding any event of the reserved audit tenant (from any
+token) or, from a producer of named tenants, of another tenant: refused whole.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class HttpIngest:
         if self.guard is None:
             app.router.add_post("/v1/events", self.handle)
             return
+        # The guard's refusal summaries live as long as this app: the last ones are written
+        # at its cleanup, before the journal closes.
+        self.guard.auditor.attach(app, self.guard.auth.config.failures)
         # Tokens, roles, tenants, rate limits and the audit of refusals come from the guard.
         app.router.add_post(
             "/v1/events",
@@ -109,6 +114,22 @@ class HttpIngest:
             return _error(400, "empty body: send a JSON event, an array, a CloudTrail envelope or NDJSON")
         ref = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         decoded = await self.pool.decode(body, ndjson, self.config.max_event_bytes, SOURCE, ref)
+        reserved = self.intake.reserved_tenant
+        forged = [
+            {"index": i, "tenant": tenant, "reason": "reserved"}
+            for i, tenant in enumerate(decoded.tenants)
+            if tenant == reserved
+        ]
+        if forged:
+            # Whoever sends them, "*" and admin tokens included: only trailkeeper itself writes
+            # into the audit tenant, so none of its records can be forged. Refused whole, like
+            # the foreign-tenant refusal below; ``index`` as there.
+            return _error(
+                403,
+                f"{self.intake.reserved_detail()}; {len(forged)} event(s) claim it "
+                "and nothing from this request was written",
+                items=forged[:100],
+            )
         if principal is not None and principal.tenants is not None:
             foreign = [
                 {"index": i, "tenant": tenant}
