@@ -23,8 +23,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon import telemetry
+from daemon.api.admin import AdminApi
 from daemon.api.audit import Auditor
 from daemon.api.auth import Authenticator
+from daemon.api.errors import JsonErrorAppRunner, json_app
 from daemon.api.routes import ApiGuard, ProofProvider, QueryApi
 from daemon.archive.archiver import Archiver, Delivery, Listener
 from daemon.archive.backup import Backup
@@ -182,7 +184,8 @@ class App:
             asyncio.create_task(self._guard(self.retention.run(), "retention")),
             asyncio.create_task(self._guard(self.backup.run(), "backup")),
         ]
-        api = web.Application(client_max_size=(c.ingest.http.max_body_bytes if c.ingest.http else 1024**2))
+        # Every server answers errors as JSON, aiohttp's own included (daemon.api.errors).
+        api = json_app(client_max_size=(c.ingest.http.max_body_bytes if c.ingest.http else 1024**2))
         api.router.add_get("/healthz", self._healthz)
         api.router.add_get("/readyz", self._readyz)
         if c.ingest.http is not None:
@@ -192,6 +195,15 @@ class App:
             HttpIngest(c.ingest.http, self.intake, self.decode_pool, self.guard).add_routes(api)
             if self.index is not None:
                 QueryApi(self.index, self.guard, self.proof or self._proof).add_routes(api)
+            # Getters: reload replaces the notifier, and it starts after the listener.
+            AdminApi(
+                self.guard,
+                state_dir=state_dir,
+                notifier=lambda: self.notifier,
+                reload=self.reload,
+                config_path=self.config_path,
+                integrity=lambda: self.integrity,
+            ).add_routes(api)
             api.router.add_get(notify_mod.CONFIRM_ROUTE, self._confirm_subscription)
             self.http_port = await self._listen(api, c.ingest.http.listen, self._tls)
         if notify_mod.enabled(c.notify):
@@ -203,7 +215,7 @@ class App:
             await source.start()
             self.sources.append(source)
         if c.metrics.listen:
-            metrics = web.Application()
+            metrics = json_app()
             metrics.router.add_get("/metrics", self._metrics)
             metrics.router.add_get("/healthz", self._healthz)
             self.metrics_port = await self._listen(metrics, c.metrics.listen)
@@ -241,7 +253,7 @@ class App:
 
     async def _listen(self, app: web.Application, listen: str, tls: ssl.SSLContext | None = None) -> int:
         host, port = split_listen(listen)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        runner = JsonErrorAppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=tls)
         await site.start()

@@ -14,6 +14,7 @@ import orjson
 
 from daemon import __version__, configdoc
 from daemon.api import cli as query_cli
+from daemon.api import tokens as tokens_cli
 from daemon.config import ConfigError, load_config
 from daemon.integrity import cli as integrity_cli
 from daemon.notify import cli as notify_cli
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         query_cli.register,
         configdoc.register,
         witness_cli.register,
+        tokens_cli.register,
     ):
         register(sub)
     return parser

@@ -329,6 +329,14 @@ INDEX_FAILURES = Counter(
     ["operation"],
     registry=REGISTRY,
 )
+INDEX_PARKED = Counter(
+    "trailkeeper_index_events_parked_total",
+    "Events the query index could not store, parked in the quarantine with the reason so the index "
+    "moves on (they stay in the journal and the archive), by reason (refused: the database refused "
+    "the row; error: an unexpected failure writing it).",
+    ["reason"],
+    registry=REGISTRY,
+)
 INDEX_PRUNED = Counter(
     "trailkeeper_index_pruned_total",
     "Events removed from the query index by its retention.",
@@ -351,6 +359,27 @@ AUDIT_EVENTS = Counter(
     "trailkeeper_audit_events_total",
     "Events trailkeeper recorded about its own API use, by outcome (recorded, failed).",
     ["outcome"],
+    registry=REGISTRY,
+)
+AUTH_FAILURE_BUCKETS = Gauge(
+    "trailkeeper_auth_failure_buckets",
+    "Token buckets held for failed authentication (source addresses and unknown tokens).",
+    registry=REGISTRY,
+)
+AUTH_FAILURE_BUCKETS_EVICTED = Counter(
+    "trailkeeper_auth_failure_buckets_evicted_total",
+    "Failed-authentication buckets dropped, least recently used first, at auth.failures.max_tracked.",
+    registry=REGISTRY,
+)
+AUDIT_REFUSALS_SUMMARISED = Counter(
+    "trailkeeper_audit_refusals_summarised_total",
+    "Refused requests (401, 429) counted in a summary audit event instead of one event each, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+AUDIT_REFUSAL_WINDOWS = Gauge(
+    "trailkeeper_audit_refusal_windows",
+    "Open windows of refused requests waiting to be summarised in the audit trail.",
     registry=REGISTRY,
 )
 
@@ -384,6 +413,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
 
 def get_logger(component: str) -> Any:
     return structlog.get_logger(component=component)
+
 
 # --- queue sources --------------------------------------------------------------------------
 SOURCE_MESSAGES_RECEIVED = Counter(

@@ -11,6 +11,7 @@ authorised, rate limited and audited like these.
 from __future__ import annotations
 
 import contextvars
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -20,10 +21,13 @@ from typing import Any
 import orjson
 import yaml
 from aiohttp import web
+from multidict import MultiMapping
 
 from daemon import telemetry
 from daemon.api.audit import Auditor
 from daemon.api.auth import Action, Authenticator, AuthFailure, Principal, RateLimiter
+from daemon.api.errors import error_response
+from daemon.api.params import ParameterError, Spec, index_time
 from daemon.events import loads_record
 from daemon.index.base import IndexBackend, IndexUnavailable, StoredEvent
 from daemon.index.query import Query, QueryError
@@ -58,7 +62,8 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
-    return _json(status, {"error": message, **extra}, headers)
+    """The documented Error body; see daemon.api.errors."""
+    return error_response(status, message, headers, **extra)
 
 
 def load_openapi() -> dict[str, Any]:
@@ -66,6 +71,28 @@ def load_openapi() -> dict[str, Any]:
     text = resources.files("daemon.api").joinpath("openapi.yaml").read_text(encoding="utf-8")
     doc: dict[str, Any] = yaml.safe_load(text)
     return doc
+
+
+@functools.cache
+def api_spec() -> Spec:
+    """The operations of the OpenAPI document, which parse query parameters and bodies."""
+    return Spec(load_openapi())
+
+
+# How much of each query parameter an audit record keeps: a request line may hold 128 KiB,
+# which escaped in JSON could exceed what one trail event may be (max_event_bytes).
+_AUDIT_PARAMS = 32
+_AUDIT_CHARS = 512
+
+
+def audit_params(query: MultiMapping[str]) -> dict[str, str]:
+    """The query parameters for an audit record: the first value of each, cut to a bounded size."""
+    out: dict[str, str] = {}
+    for name in query:
+        if len(out) >= _AUDIT_PARAMS:
+            break
+        out.setdefault(name[:_AUDIT_CHARS], query.getone(name)[:_AUDIT_CHARS])
+    return out
 
 
 class ApiGuard:
@@ -116,11 +143,40 @@ class ApiGuard:
     ) -> web.Response:
         if action == "ingest" and self.auth.open_ingest:
             return await handler(request, None)
+        address = self.auth.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
         found = self.auth.authenticate(request.headers.get("Authorization"))
         if isinstance(found, AuthFailure):
+            # A valid token never gets here: the failure buckets only ever slow failures.
+            wait = self.auth.throttle(found, address)
+            if wait > 0:
+                telemetry.AUTH_DENIED.labels(reason="throttled").inc()
+                retry = max(1, math.ceil(wait))
+                message = f"too many failed authentications; retry after {retry} s"
+                await self._record_refusal(
+                    request,
+                    "authenticate",
+                    found.principal,
+                    429,
+                    resource_type,
+                    message,
+                    attempted=operation,
+                    kind="throttled",
+                    address=address,
+                    token_digest=found.digest,
+                )
+                return error(429, message, {"Retry-After": str(retry)}, retry_after=retry)
             telemetry.AUTH_DENIED.labels(reason=found.reason).inc()
             await self._record_refusal(
-                request, "authenticate", None, 401, resource_type, found.message, attempted=operation
+                request,
+                "authenticate",
+                found.principal,
+                401,
+                resource_type,
+                found.detail or found.message,
+                attempted=operation,
+                kind=found.reason,
+                address=address,
+                token_digest=found.digest,
             )
             return error(401, found.message, {"WWW-Authenticate": 'Bearer realm="trailkeeper"'})
         principal = found
@@ -128,16 +184,24 @@ class ApiGuard:
         if wait > 0:
             telemetry.AUTH_DENIED.labels(reason="rate_limited").inc()
             retry = max(1, math.ceil(wait))
-            return error(
+            message = f"token {principal.name!r} is over its rate limit; retry after {retry} s"
+            await self._record_refusal(
+                request,
+                operation,
+                principal,
                 429,
-                f"token {principal.name!r} is over its rate limit; retry after {retry} s",
-                {"Retry-After": str(retry)},
-                retry_after=retry,
+                resource_type,
+                message,
+                kind="rate_limited",
+                address=address,
             )
+            return error(429, message, {"Retry-After": str(retry)}, retry_after=retry)
         if not principal.may(action):
             telemetry.AUTH_DENIED.labels(reason="role").inc()
             message = f"role {principal.role!r} of token {principal.name!r} may not {action} ({operation})"
-            await self._record_refusal(request, operation, principal, 403, resource_type, message)
+            await self._record_refusal(
+                request, operation, principal, 403, resource_type, message, address=address
+            )
             return error(403, message)
         info: dict[str, Any] = {}
         _AUDIT_INFO.set(info)
@@ -149,7 +213,7 @@ class ApiGuard:
         trace = self.auditor.trace(
             operation=operation,
             principal=principal,
-            source_ip=request.remote,
+            source_ip=address,
             code=response.status,
             resource_type=resource_type,
             resource_name=request.path,
@@ -177,15 +241,36 @@ class ApiGuard:
         resource_type: str,
         message: str,
         attempted: str | None = None,
+        *,
+        kind: str | None = None,
+        address: str | None = None,
+        token_digest: str | None = None,
     ) -> None:
+        """Audit a refusal. With ``kind`` (401s and 429s: anyone can cause them in bulk) it is
+        summarised per source and window by the Auditor; otherwise recorded on its own."""
+        source_ip = address if address is not None else request.remote
+        details = {"method": request.method, **({"operation": attempted} if attempted else {})}
+        if kind is not None:
+            await self.auditor.refused(
+                kind=kind,
+                operation=operation,
+                principal=principal,
+                source_ip=source_ip or "",
+                resource_type=resource_type,
+                resource_name=request.path,
+                request=details,
+                message=message,
+                token_digest=token_digest,
+            )
+            return
         trace = self.auditor.trace(
             operation=operation,
             principal=principal,
-            source_ip=request.remote,
+            source_ip=source_ip,
             code=code,
             resource_type=resource_type,
             resource_name=request.path,
-            request={"method": request.method, **({"operation": attempted} if attempted else {})},
+            request=details,
             message=message,
         )
         try:
@@ -219,18 +304,19 @@ class QueryApi:
         return web.Response(body=self._openapi, content_type="application/json")
 
     async def list_events(self, request: web.Request, principal: Principal | None) -> web.Response:
+        """A page of events. Parameters are checked against the document (400 names the one
+        at fault, and is audited like every outcome); so is start at or after end."""
         assert principal is not None
-        params: dict[str, str] = {}
-        for name in request.query:
-            values = request.query.getall(name)
-            if len(values) > 1:
-                return error(400, f"{name}: given {len(values)} times; give each filter once")
-            params[name] = values[0]
         info = audit_info()
-        info["request"] = {"method": "GET", "filters": params}
+        info["request"] = {"method": "GET", "filters": audit_params(request.query)}
         try:
+            given = api_spec()["queryEvents"].parse_query(request.query)
+            params = {name: str(value) for name, value in given.items()}
+            for bound in ("start", "end"):
+                if bound in params:
+                    params[bound] = index_time(params[bound])
             query = Query.from_params(params, principal.tenants)
-        except QueryError as exc:
+        except (ParameterError, QueryError) as exc:
             return error(400, str(exc))
         wanted = query.filters.get("tenant")
         if wanted is not None and not principal.sees(wanted):
@@ -244,23 +330,56 @@ class QueryApi:
         return _json(200, {"events": page.items, "next_cursor": page.next_cursor})
 
     async def get_event(self, request: web.Request, principal: Principal | None) -> web.Response:
+        """One event by id, looked up only among the caller's tenants.
+
+        An id that is unknown and an id that exists only in other tenants get the same
+        404 body through the same single lookup, so neither the answer nor its timing
+        says whether another tenant has the id. The same id in several of the caller's
+        tenants (an admin sees them all) is 409 listing those tenants; ``?tenant=`` picks
+        one (empty: the event without a tenant). A ``tenant`` the caller may not read is
+        403 before any lookup, like a foreign tenant filter on ``GET /v1/events``.
+        """
         assert principal is not None
         event_id = request.match_info["event_id"]
         info = audit_info()
-        info.update(resource_id=event_id[:512], request={"method": "GET", "event_id": event_id[:512]})
+        asked = request.query.getall("tenant", [])
+        info.update(
+            resource_id=event_id[:512],
+            request={
+                "method": "GET",
+                "event_id": event_id[:512],
+                **({"tenant": asked[0][:512]} if len(asked) == 1 else {}),
+            },
+        )
+        if len(asked) > 1:
+            return error(400, f"tenant: given {len(asked)} times; give it once")
+        scope = principal.tenants
+        if asked:
+            wanted = asked[0]
+            if not principal.sees(wanted or None):
+                return error(403, f"token {principal.name!r} may not read tenant {wanted!r}")
+            scope = frozenset({wanted})
         try:
-            stored = await self.index.get(event_id)
+            found = await self.index.find(event_id, scope)
         except IndexUnavailable as exc:
             log.error("api.get_failed", error=str(exc))
             return error(503, f"the query index is unavailable: {exc}", {"Retry-After": "5"})
-        if stored is None:
-            return error(404, f"no event {event_id!r} in the index (it holds recent events only)")
-        if not principal.sees(stored.fields.get("tenant")):
-            return error(403, f"token {principal.name!r} may not read this event's tenant")
+        if not found:
+            return error(404, f"no event {event_id[:512]!r} in the index (it holds recent events only)")
+        if len(found) > 1:
+            tenants = [s.fields.get("tenant") for s in found]
+            info["response"] = {"found": len(found), "tenants": tenants}
+            return error(
+                409,
+                f"event id {event_id[:512]!r} exists in {len(found)} tenants; "
+                "choose one with ?tenant=<tenant>",
+                tenants=tenants,
+            )
+        stored = found[0]
         proof = await self.proof(stored) if self.proof is not None else None
         try:
             record: Any = loads_record(stored.record)
-        except ValueError:
+        except (ValueError, RecursionError):
             record = None
         fields = stored.fields
         body = {
@@ -278,4 +397,18 @@ class QueryApi:
             "proof": proof,
         }
         info["response"] = {"found": True}
-        return _json(200, body)
+        try:
+            data = orjson.dumps(body)
+        except TypeError:
+            # What orjson cannot write but a producer can send: a lone surrogate ("\ud800",
+            # written back as that escape) or an integer over 64 bits. The stdlib writes
+            # both as valid JSON; a value it cannot (a float that overflowed to infinity)
+            # leaves only ``record_text``, the record exactly as stored.
+            import json
+
+            try:
+                data = json.dumps(body, ensure_ascii=True, allow_nan=False).encode()
+            except (ValueError, TypeError, RecursionError):
+                body["record"] = None
+                data = orjson.dumps(body)
+        return web.Response(body=data, status=200, content_type="application/json")

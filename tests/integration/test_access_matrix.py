@@ -1,5 +1,8 @@
 """Every endpoint x every role and tenant: 401 without a valid token, 403 for the wrong role
-or tenant, and no response ever carries an event of a tenant the caller may not see."""
+or a tenant outside the token's scope (404 for an event id held only by such a tenant,
+which must not reveal that it exists), and no response ever carries an event of a tenant
+the caller may not see. The admin endpoints are in it too, with an admin token limited to
+one tenant: it lists and replays only that tenant's dead letters."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.integration.admin_support import running_admin
 from tests.integration.query_support import (
     AUDIT_TENANT,
     TENANT_A,
@@ -30,10 +34,15 @@ pytestmark = pytest.mark.integration
 
 ANONYMOUS = None
 BAD = Token("bad", "not-a-configured-token", "admin", ("*",))
+# An admin for one tenant: admin actions, but only that tenant's events and dead letters.
+ADMIN_A = Token("admin-a", "adm-a-secret-0006", "admin", (TENANT_A,))
+CALLERS: list[Token | None] = [ANONYMOUS, BAD, *TOKENS.values(), ADMIN_A]
+PUBLIC = ("/healthz", "/readyz", "/openapi.json")
 
 
 def expected_status(endpoint: str, token: Token | None, tenant: str | None) -> int:
-    if endpoint in ("/healthz", "/readyz", "/openapi.json"):
+    """The status ``token`` gets from ``endpoint`` for data of ``tenant``."""
+    if endpoint in PUBLIC:
         return 200
     if token is None or token is BAD:
         return 401
@@ -41,11 +50,24 @@ def expected_status(endpoint: str, token: Token | None, tenant: str | None) -> i
         if token.role not in ("producer", "admin"):
             return 403
         return 202 if token.sees(tenant) else 403
+    if endpoint.startswith("admin"):
+        if token.role != "admin":
+            return 403
+        if endpoint == "admin dlq by tenant":
+            return 200 if token.sees(tenant) else 403
+        return 200
     if token.role not in ("auditor", "admin"):
         return 403
-    if endpoint in ("GET one", "GET list by tenant"):
+    if endpoint == "GET one":
+        # One lookup among the caller's tenants: another tenant's id is simply not found.
+        return 200 if token.sees(tenant) else 404
+    if endpoint == "GET list by tenant":
         return 200 if token.sees(tenant) else 403
     return 200
+
+
+def _headers(token: Token | None) -> dict[str, str]:
+    return {"Content-Type": "application/json", **(token.headers if token else {})}
 
 
 async def test_every_endpoint_by_every_role_and_tenant(tmp_path: Path) -> None:
@@ -54,13 +76,25 @@ async def test_every_endpoint_by_every_role_and_tenant(tmp_path: Path) -> None:
     for r in records:
         by_tenant.setdefault(r["recipientAccountId"], []).append(r)
     tenants = sorted(by_tenant)
-    async with running(tmp_path) as d:
+    digest = hashlib.sha256(ADMIN_A.secret.encode()).hexdigest()
+    extra = (
+        f'    - {{name: {ADMIN_A.name}, sha256: {digest}, role: admin, tenants: ["{TENANT_A}"]}}\n'
+        # The matrix makes hundreds of unauthenticated calls on purpose: no failure throttle.
+        "  failures: {rate_limit: null}\n"
+    )
+    async with running_admin(tmp_path, auth=auth_yaml(extra)) as a:
+        d = a.d
         status, _, text = await d.post(ndjson(records), TOKENS["admin"])
         assert status == 202, text
+        # Dead letters of both tenants (their events are in the index too).
+        dead = {TENANT_A: await a.park(2, TENANT_A), TENANT_B: await a.park(2, TENANT_B)}
+        confirm_token = await a.confirm_token()
         # An audit event exists too (tenant "trailkeeper"): only some tokens may see it.
         await d.get("/v1/events", TOKENS["admin"], limit="1")
         await d.settle()
         id_tenant = {r["eventID"]: r["recipientAccountId"] for r in records}
+        for tenant, parked in dead.items():
+            id_tenant.update({m["event_id"]: tenant for m in parked})
         _, doc, _ = await d.get("/v1/events", TOKENS["admin"], tenant=AUDIT_TENANT)
         for e in doc["events"]:
             id_tenant[e["id"]] = AUDIT_TENANT
@@ -68,13 +102,18 @@ async def test_every_endpoint_by_every_role_and_tenant(tmp_path: Path) -> None:
         all_tenants = [*tenants, AUDIT_TENANT]
 
         def leaks(token: Token | None, body: str) -> list[str]:
-            """Events (as list items, details or records) and tenant fields the token may not see.
+            """Events (as list items, details, records or dead letters) and tenant fields the
+            token may not see.
 
             Audit events of reads do name the id that was read (as resource_id): that
             records who looked at what, and discloses no event content.
             """
             hidden = [i for i, t in id_tenant.items() if not (token is not None and token.sees(t))]
-            found = [i for i in hidden if f'"id":"{i}"' in body or f'"eventID":"{i}"' in body]
+            found = [
+                i
+                for i in hidden
+                if f'"id":"{i}"' in body or f'"eventID":"{i}"' in body or f'"event_id":"{i}"' in body
+            ]
             found += [
                 t
                 for t in all_tenants
@@ -82,13 +121,29 @@ async def test_every_endpoint_by_every_role_and_tenant(tmp_path: Path) -> None:
             ]
             return found
 
+        async def call(method: str, path: str, token: Token | None, body: Any = None) -> tuple[int, Any, str]:
+            data = orjson.dumps(body) if body is not None else None
+            async with d.session.request(method, d.url + path, data=data, headers=_headers(token)) as r:
+                text = await r.text()
+                assert r.content_type == "application/json", (method, path, r.status, text)
+                return r.status, orjson.loads(text), text
+
         checked = 0
-        for token in [ANONYMOUS, BAD, *TOKENS.values()]:
-            for path in ("/healthz", "/readyz", "/openapi.json"):
+        for token in CALLERS:
+            who = token.name if token else "anon"
+            for path in PUBLIC:
                 status, _, body = await d.get(path, token)
                 assert status == expected_status(path, token, None), (path, token)
                 assert not leaks(token, body)
                 checked += 1
+
+            # The webhook confirmation link is public: only its token counts.
+            confirm = "/v1/subscriptions/ops/confirm/confirm"
+            status, _, body = await call("GET", f"{confirm}?token=not-the-token", token)
+            assert status == 403, (token, body)
+            status, doc, body = await call("GET", f"{confirm}?token={confirm_token}", token)
+            assert status == 200 and doc["confirmed"] is True, (token, body)
+            checked += 2
 
             status, doc, body = await d.get("/v1/events", token, limit="1000")
             assert status == expected_status("GET list", token, None), (token, body)
@@ -118,34 +173,80 @@ async def test_every_endpoint_by_every_role_and_tenant(tmp_path: Path) -> None:
                     assert doc["event"]["id"] == event_id
                 checked += 1
 
+            # The admin API: every call needs the admin role; dead letters follow tenants.
+            status, doc, body = await d.get("/v1/admin/dlq", token, limit="1000")
+            assert status == expected_status("admin dlq", token, None), (token, body)
+            assert not leaks(token, body), token
+            if status == 200:
+                assert token is not None
+                listed = {m["event_id"] for m in doc["dead_letters"]}
+                for tenant, parked in dead.items():
+                    ids = {m["event_id"] for m in parked}
+                    assert (ids <= listed) if token.sees(tenant) else not (ids & listed), (token, tenant)
+            checked += 1
+            for tenant in (TENANT_A, TENANT_B):
+                status, doc, body = await d.get("/v1/admin/dlq", token, tenant=tenant)
+                assert status == expected_status("admin dlq by tenant", token, tenant), (token, tenant, body)
+                assert not leaks(token, body), (token, tenant)
+                if status == 200:
+                    assert {m["tenant"] for m in doc["dead_letters"]} == {tenant}
+                checked += 1
+            for tenant, parked in dead.items():
+                ids = [m["id"] for m in parked]
+                status, doc, body = await call("POST", "/v1/admin/dlq/replay", token, {"ids": ids})
+                assert status == expected_status("admin replay", token, tenant), (token, tenant, body)
+                assert not leaks(token, body), (token, tenant)
+                if status == 200:
+                    assert token is not None
+                    # A dead letter the token may not see is neither replayed nor confirmed to exist.
+                    if token.sees(tenant):
+                        assert doc["replayed"] + len(doc["missing"]) == len(ids), (token, body)
+                    else:
+                        assert doc == {"replayed": 0, "missing": sorted(ids), "subscriptions": []}
+                checked += 1
+            for method, path, endpoint in (
+                ("POST", "/v1/admin/reload", "admin reload"),
+                ("GET", "/v1/admin/integrity", "admin integrity"),
+            ):
+                status, doc, body = await call(method, path, token)
+                assert status == expected_status(endpoint, token, None), (token, path, body)
+                assert not leaks(token, body), (token, path)
+                if status == 200 and path.endswith("reload"):
+                    assert doc == {"reloaded": True, "config": str(a.config_path)}
+                if status == 200 and path.endswith("integrity"):
+                    assert [c["tracker"] for c in doc["chains"]] == ["default"]
+                checked += 1
+
             for tenant in (TENANT_A, TENANT_B):
                 # Fresh copies with new ids, so an accepted post is visible as new data.
-                fresh = [
-                    dict(r, eventID=f"{r['eventID']}-{token.name if token else 'anon'}")
-                    for r in by_tenant[tenant][:2]
-                ]
+                fresh = [dict(r, eventID=f"{r['eventID']}-{who}") for r in by_tenant[tenant][:2]]
                 status, _, body = await d.post(ndjson(fresh), token)
                 assert status == expected_status("POST", token, tenant), (token, tenant, body)
                 assert not leaks(token, body)
                 checked += 1
             # A mixed request from a single-tenant producer is refused whole.
-            who = token.name if token else "anon"
             pair = by_tenant[TENANT_A][:1] + by_tenant[TENANT_B][:1]
             mixed = [dict(r, eventID=f"mixed-{who}-{i}") for i, r in enumerate(pair)]
             status, doc, body = await d.post(ndjson(mixed), token)
-            assert status == expected_status(
-                "POST", token, None if token is TOKENS["producer-a"] else TENANT_A
-            )
-            if token is TOKENS["producer-a"]:
+            single = token is TOKENS["producer-a"] or token is ADMIN_A
+            assert status == expected_status("POST", token, None if single else TENANT_A)
+            if single:
                 assert doc["items"] == [{"index": 1, "tenant": TENANT_B}]
         await d.settle()
-        # Nothing from a refused request was written: only the two all-tenant writers' mixed posts exist.
+        # Nothing from a refused request was written: only the all-tenant writers' mixed posts exist.
         mixed_ids = set()
         for tenant in (TENANT_A, TENANT_B):
             _, doc, _ = await d.get("/v1/events", TOKENS["admin"], tenant=tenant, limit="1000")
             mixed_ids |= {e["id"] for e in doc["events"] if e["id"].startswith("mixed-")}
         assert mixed_ids == {f"mixed-{w}-{i}" for w in ("producer-all", "admin") for i in (0, 1)}
-        assert checked > 100
+        # Each admin call is in the trail, refusals included.
+        _, doc, _ = await d.get(
+            "/v1/events", TOKENS["admin"], tenant=AUDIT_TENANT, operation="reloadConfig", limit="1000"
+        )
+        codes = sorted(e["code"] for e in doc["events"])
+        # Two admins answered, four other roles refused; no token at all is "authenticate".
+        assert codes == ["200"] * 2 + ["403"] * 4, codes
+        assert checked > 200
 
 
 async def test_refused_requests_write_nothing(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,178 @@ async def test_get_event_carries_an_inclusion_proof_once_a_digest_is_published(t
     summary = verify_proof(proof, load_verifiers([str(tmp_path / "keys")]))
     assert records[3]["eventID"] in summary
     assert orjson.loads(__import__("base64").b64decode(proof["record"])) == records[3]
+
+
+# --- issue 15: identity by (tenant, id), 404 for foreign ids, any value, origin ---------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def index_yaml(request: pytest.FixtureRequest, pg_database: Any) -> Any:
+    """The ``index:`` lines for each backend (SQLite's path is already in config_yaml)."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    async with pg_database() as dsn:
+        yield f"  backend: postgres\n  dsn: {dsn}\n  pg_schema: tk_api\n"
+
+
+def trail(event_id: str, tenant: str, name: str, **more: Any) -> dict[str, Any]:
+    return {
+        "eventVersion": "1.08",
+        "eventTime": "2024-07-30T21:31:10Z",
+        "eventSource": "iam.amazonaws.com",
+        "eventName": name,
+        "eventID": event_id,
+        "recipientAccountId": tenant,
+        "userIdentity": {"type": "IAMUser", "userName": "alice", "accountId": tenant},
+        **more,
+    }
+
+
+async def test_one_tenant_cannot_hide_another_tenants_event(tmp_path: Path, index_yaml: str) -> None:
+    """Finding 1: producer A posts event id X for tenant A; producer B then posts its real
+    event X for tenant B. B's auditor must get B's event, by id and by filter."""
+    from tests.integration.query_support import TENANT_A, TENANT_B, config_yaml
+
+    planted = trail("X-collide", TENANT_A, "PlantedByA")
+    real = trail("X-collide", TENANT_B, "RealEventOfB", requestParameters={"userName": "bob"})
+    async with running(tmp_path, text=config_yaml(tmp_path, index=index_yaml)) as d:
+        assert (await d.post(ndjson([planted]), TOKENS["producer-a"]))[0] == 202
+        await d.settle()
+        assert (await d.post(ndjson([real]), TOKENS["producer-all"]))[0] == 202
+        await d.settle()
+
+        status, doc, text = await d.get("/v1/events/X-collide", TOKENS["auditor-b"])
+        assert status == 200, text
+        assert doc["event"]["tenant"] == TENANT_B and doc["record"] == real
+        got = await d.walk(TOKENS["auditor-b"], operation="RealEventOfB")
+        assert [(e["id"], e["tenant"]) for e in got] == [("X-collide", TENANT_B)]
+        status, doc, _ = await d.get("/v1/events/X-collide", TOKENS["auditor-a"])
+        assert status == 200 and doc["record"] == planted
+
+        # An admin sees both: 409 names the tenants, ?tenant= picks one.
+        status, doc, text = await d.get("/v1/events/X-collide", TOKENS["admin"])
+        assert status == 409, text
+        assert sorted(doc["tenants"]) == sorted([TENANT_A, TENANT_B]) and "?tenant=" in doc["error"]
+        status, doc, _ = await d.get("/v1/events/X-collide", TOKENS["admin"], tenant=TENANT_B)
+        assert status == 200 and doc["record"] == real
+        status, _, _ = await d.get("/v1/events/X-collide", TOKENS["auditor-a"], tenant=TENANT_B)
+        assert status == 403
+
+        # Each event's archive location is its own file and leaf, never the other tenant's.
+        for token, rec in ((TOKENS["auditor-b"], real), (TOKENS["auditor-a"], planted)):
+            located: list[dict[str, Any]] = []
+            async with asyncio.timeout(10):
+                while not located:
+                    located = (await d.get("/v1/events/X-collide", token))[1]["archive"]
+                    await asyncio.sleep(0.05)
+            assert len(located) == 1
+            in_file = [r for r in d.archived_records() if r["_key"] == located[0]["key"]]
+            stored = dict(in_file[located[0]["leaf"]])
+            stored.pop("_key")
+            assert stored == rec
+
+
+async def test_unknown_and_foreign_ids_answer_the_same_404_through_the_same_lookup(tmp_path: Path) -> None:
+    """Finding 3: 403 for a foreign id told a tenant that the id exists elsewhere. (Both
+    backends' scoped lookup is in tests/contract/test_index.py; this is the API over it.)"""
+    from tests.integration.query_support import TENANT_A, TENANT_B
+
+    async with running(tmp_path) as d:
+        assert (await d.post(ndjson([trail("only-in-b", TENANT_B, "Secret")]), TOKENS["admin"]))[0] == 202
+        await d.settle()
+        index = d.app.index
+        assert index is not None
+        calls: list[tuple[str, Any]] = []
+        real_find = index.find
+
+        async def spy(event_id: str, tenants: Any, limit: int = 100) -> Any:
+            calls.append((event_id, tenants))
+            return await real_find(event_id, tenants, limit)
+
+        index.find = spy  # type: ignore[method-assign]
+        auditor = TOKENS["auditor-a"]
+        foreign = await d.get("/v1/events/only-in-b", auditor)
+        unknown = await d.get("/v1/events/never-xxx", auditor)
+        assert foreign[0] == unknown[0] == 404
+        assert foreign[2].replace("only-in-b", "ID") == unknown[2].replace("never-xxx", "ID")
+        # One lookup each, within the caller's tenants only: no path for "exists elsewhere".
+        assert calls == [("only-in-b", frozenset({TENANT_A})), ("never-xxx", frozenset({TENANT_A}))]
+
+
+async def test_odd_values_are_stored_found_and_shown(tmp_path: Path, index_yaml: str) -> None:
+    """Finding 2 end to end: NUL (which wedged PostgreSQL), a value too long for a B-tree
+    entry, deep nesting, a lone surrogate and a 30-digit number in the record."""
+    from tests.integration.query_support import TENANT_A, config_yaml
+
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = [deep]
+    records = [
+        trail("nul-1", TENANT_A, "Nul\x00Name", userIdentity={"type": "IAMUser", "userName": "a\x00b"}),
+        trail("long-1", TENANT_A, "L" * 200_000),
+        trail("deep-1", TENANT_A, "Deep", requestParameters={"userName": deep}),
+        trail("big-1", TENANT_A, "BigNumber", requestParameters={"n": 123456789012345678901234567890}),
+    ]
+    # The stdlib writes nesting deeper than orjson's limit (a producer's encoder may, too).
+    body = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records) + (
+        b'{"eventSource":"s3.amazonaws.com","eventName":"Surrogate","eventID":"sur-1",'
+        b'"recipientAccountId":"' + TENANT_A.encode() + b'","requestParameters":{"note":"\\ud800"}}\n'
+    )
+    admin = TOKENS["admin"]
+    async with running(tmp_path, text=config_yaml(tmp_path, index=index_yaml)) as d:
+        status, doc, text = await d.post(body, TOKENS["producer-all"])
+        assert status == 202 and doc["accepted"] == 5, text
+        await d.settle(timeout=5)
+
+        got = await d.walk(admin, operation="Nul\x00Name")
+        assert [(e["id"], e["operation"], e["user_name"]) for e in got] == [
+            ("nul-1", "Nul\x00Name", "a\x00b")
+        ]
+        assert [e["id"] for e in await d.walk(admin, user="a\x00b")] == ["nul-1"]
+        assert "nul-1" in [e["id"] for e in await d.walk(admin, q="l\x00n")]
+        status, doc, text = await d.get("/v1/events/nul-1", admin)
+        assert status == 200 and doc["event"]["operation"] == "Nul\x00Name", text
+
+        listed = {e["id"]: e for e in await d.walk(admin, tenant=TENANT_A, limit=2)}
+        assert set(listed) == {"nul-1", "long-1", "deep-1", "big-1", "sur-1"}
+        assert listed["long-1"]["operation"] == "L" * 200_000
+        # The first element of a list names the resource (events.py), here 299 levels deep.
+        assert listed["deep-1"]["resource_name"] == json.dumps(deep[0], separators=(",", ":"))
+
+        for event_id in ("long-1", "deep-1", "big-1", "sur-1"):
+            status, doc, text = await d.get(f"/v1/events/{event_id}", admin)
+            assert status == 200, (event_id, text[:300])
+        assert doc["record"]["requestParameters"]["note"] == "\ud800"  # the escape, written back
+        assert doc["record_text"].endswith('"note":"\\ud800"}}')
+        status, doc, _ = await d.get("/v1/events/big-1", admin)
+        assert '"n":123456789012345678901234567890' in doc["record_text"]
+
+
+async def test_items_say_whether_trailkeeper_or_a_producer_wrote_them(tmp_path: Path) -> None:
+    """Finding 4: the daemon's own audit records carry origin "trailkeeper", everything a
+    producer sent carries "producer", even when it claims to be trailkeeper's. (Both
+    backends' rows are checked in tests/contract/test_index.py; this is the API over them.)"""
+
+    spoof = {
+        "trace_id": "spoof-1",
+        "trace_name": "queryEvents",
+        "service_type": "trailkeeper",
+        "project_id": "p-spoof",
+        "time": 1722375070000,
+    }
+    admin = TOKENS["admin"]
+    async with running(tmp_path) as d:
+        status, _, text = await d.post(ndjson([spoof, trail("p-1", "p-plain", "CreateUser")]), admin)
+        assert status == 202, text
+        assert (await d.get("/v1/events", admin, limit="1"))[0] == 200  # audited: one own record
+        await d.settle()
+        items = await d.walk(admin, service="trailkeeper", operation="queryEvents")
+        origins = {e["id"]: e["origin"] for e in items}
+        assert origins.pop("spoof-1") == "producer"
+        assert origins and set(origins.values()) == {"trailkeeper"}
+        assert {e["origin"] for e in await d.walk(admin, tenant="p-plain")} == {"producer"}
+        own = next(iter(origins))
+        for event_id, origin in ((own, "trailkeeper"), ("spoof-1", "producer"), ("p-1", "producer")):
+            status, doc, text = await d.get(f"/v1/events/{event_id}", admin)
+            assert status == 200 and doc["event"]["origin"] == origin, text
