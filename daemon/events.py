@@ -159,12 +159,18 @@ def _dumps_compact(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (sent as a \\ud800 escape) has no UTF-8 form: keep it escaped.
+            return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def _parse_item(raw: bytes) -> tuple[Any, Rejected | None]:
     try:
         return loads_record(raw), None
+    except RecursionError:
+        return None, Rejected(0, REASON_INVALID_JSON, "not valid JSON (nested too deeply to read)", raw)
     except ValueError as exc:
         try:
             raw.decode("utf-8")
@@ -525,11 +531,30 @@ class Decoder:
                 else REASON_UNKNOWN_FORMAT
             )
             return Rejected(index, reason, canonical, record)
+        bad_field = next((k for k, v in canonical.items() if v is not None and not _utf8_safe(v)), None)
+        if bad_field is not None:
+            # Canonical fields go into the journal header, the index and every rule: a lone
+            # surrogate there has no UTF-8 form, so the event is kept in quarantine instead.
+            return Rejected(
+                index,
+                REASON_INVALID_UTF8,
+                f"canonical field {bad_field} holds a lone surrogate escape (e.g. \\ud800), which has "
+                "no UTF-8 form",
+                record,
+            )
         if canonical["time"] is None:
             canonical["time"] = _iso_ms(received)
         # The parsed dict is dropped on purpose: keeping thousands alive per request costs
         # more in allocation than re-parsing the few records that a rule needs later.
         return Event(record, canonical, received, self.source)
+
+
+def _utf8_safe(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _looks_like_ndjson(body: bytes) -> bool:

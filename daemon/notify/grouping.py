@@ -140,10 +140,12 @@ class Grouper:
         if offset <= self.through.get(gid, -1):
             return  # summarised before a restart
         event_id = str(canonical.get("id"))
+        # An event is (tenant, id): two tenants may use one id, and each is a key event.
+        identity = f"{canonical.get('tenant') or ''}\x00{event_id}"
         recent = self.recent.setdefault(route_index, OrderedDict())
-        if event_id in recent:
+        if identity in recent:
             return
-        recent[event_id] = None
+        recent[identity] = None
         if len(recent) > RECENT_IDS:
             recent.popitem(last=False)
         g = self.groups.get(gid)

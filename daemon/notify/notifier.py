@@ -330,7 +330,14 @@ class Notifier:
                 "severity": severity,
             }
             for sub in self.subs[topic]:
-                mid = message_id(topic, sub.cfg.name, event.id)
+                # Tenant-qualified: one id in two tenants is two messages (an event without a
+                # tenant keeps the id it always had).
+                tenant = event.canonical.get("tenant")
+                mid = (
+                    message_id(topic, sub.cfg.name, tenant, event.id)
+                    if tenant
+                    else message_id(topic, sub.cfg.name, event.id)
+                )
                 self._render_into(sub, mid, entry.received_ms, doc, out, targets)
 
     @staticmethod

@@ -35,11 +35,6 @@ def stop_logging(tenant: str) -> bytes:
     ).encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="daemon/notify/notifier.py message_id and grouping.Grouper.add dedupe by event id alone",
-)
 async def test_a_key_event_is_notified_for_each_tenant_that_has_its_id(tmp_path: Path) -> None:
     hooks = await Receiver().start()
     topics = f"    security:\n      subscriptions:\n      - {{name: hook, protocol: webhook, url: '{hooks.url()}'}}\n"
