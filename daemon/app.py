@@ -41,6 +41,7 @@ from daemon.index.base import Classification, StoredEvent
 from daemon.intake import Intake
 from daemon.integrity.prove import ProveError, inclusion_at
 from daemon.integrity.runtime import Integrity
+from daemon.integrity.validate import load_last_validation
 from daemon.journal import Journal
 from daemon.notify import notifier as notify_mod
 from daemon.rules.model import SEVERITIES
@@ -203,6 +204,9 @@ class App:
                 reload=self.reload,
                 config_path=self.config_path,
                 integrity=lambda: self.integrity,
+                last_validation=lambda: load_last_validation(
+                    c.integrity.state_dir or c.journal.dir / "integrity"
+                ),
             ).add_routes(api)
             api.router.add_get(notify_mod.CONFIRM_ROUTE, self._confirm_subscription)
             self.http_port = await self._listen(api, c.ingest.http.listen, self._tls)

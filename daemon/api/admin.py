@@ -377,5 +377,7 @@ class AdminApi:
                     "witnesses": witnesses,
                 }
             )
-        validation = self.last_validation() if self.last_validation is not None else None
+        validation = (
+            await asyncio.to_thread(self.last_validation) if self.last_validation is not None else None
+        )
         return web.json_response({"chains": chains, "last_validation": validation})

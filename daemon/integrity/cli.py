@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import datetime as dt
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,15 @@ async def _validate(args: argparse.Namespace) -> int:
         await store.close()
         for s in extra:
             await s.close()
+    if not args.target:
+        # The daemon's own archive: keep the outcome where GET /v1/admin/integrity shows it.
+        from daemon.integrity.validate import save_last_validation
+
+        state = ic.state_dir or config.journal.dir / "integrity"
+        try:
+            save_last_validation(state, report, f"{store.name}:{prefix}", time.time())
+        except OSError as exc:
+            print(f"note: cannot record this run in {state}: {exc.strerror}", file=sys.stderr)
     if args.json:
         print(orjson.dumps(report.to_json()).decode())
     else:

@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -762,6 +763,39 @@ class Validator:
                     )
             if not chains:
                 self.report.flag("truncated", self.prefix, "no digests at all under the prefix")
+
+
+LAST_VALIDATION = "last-validation.json"
+
+
+def save_last_validation(state_dir: Path, report: Report, where: str, finished: float) -> None:
+    """Keep a summary of a run where the daemon's admin API reads it. Blocking; best effort
+    for the caller (an auditor's machine may not be able to write the daemon's state)."""
+    doc = report.to_json()
+    summary = {
+        "finished_at": dt.datetime.fromtimestamp(finished, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "target": where,
+        "ok": doc["ok"],
+        "counts": doc["counts"],
+        "findings_total": len(doc["findings"]),
+        "findings": doc["findings"][:50],
+        "trust": doc["trust"],
+        "files_read": doc["files_read"],
+        "bytes_read": doc["bytes_read"],
+    }
+    from daemon.durable import atomic_write
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(state_dir / LAST_VALIDATION, orjson.dumps(summary))
+
+
+def load_last_validation(state_dir: Path) -> dict[str, Any] | None:
+    """The summary ``save_last_validation`` kept, or None. Blocking: call from a thread."""
+    try:
+        doc = orjson.loads((state_dir / LAST_VALIDATION).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 async def validate(store: Store, prefix: str, verifiers: list[Verifier], **kw: Any) -> Report:

@@ -128,3 +128,18 @@ async def test_integrity_shows_each_chains_head(tmp_path: Path) -> None:
         # The digest named is in the archive.
         assert (a.d.archive / head["key"]).exists()
         assert await _audit(a, "getIntegrity") == ["200"]
+        # A validation run against this daemon's archive shows up as the last one.
+        import asyncio
+        import sys
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", "validate", "-c", str(a.config_path), "--trust-keys-dir", "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        status, doc, text = await a.d.get("/v1/admin/integrity", ADMIN)
+        last = doc["last_validation"]
+        assert status == 200 and last is not None, text
+        assert last["ok"] is True and last["target"].startswith("local:") and last["findings_total"] == 0
+        assert "NOT pinned" in last["trust"]
