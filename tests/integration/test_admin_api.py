@@ -136,7 +136,7 @@ async def test_integrity_shows_each_chains_head(tmp_path: Path) -> None:
             sys.executable, "-m", "daemon", "validate", "-c", str(a.config_path), "--trust-keys-dir", "--json",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await proc.communicate()
+        _out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         status, doc, text = await a.d.get("/v1/admin/integrity", ADMIN)
         last = doc["last_validation"]
