@@ -189,9 +189,10 @@ async def test_dead_endpoint_parks_without_slowing_the_healthy_one(tmp_path: Pat
     ids = event_ids_of(dead.ok())
     assert len(ids) == len(set(ids)) == n, "replay must deliver each parked message once"
     # Latencies of a few ms are noise-bound on a shared 2-core machine running another test
-    # file in parallel: compare against a 50 ms floor. A dead subscription that held up the
-    # healthy one would add its retry backoff (seconds), far above this.
-    assert _p99(lat) <= 2 * max(_p99(base_lat), 0.05), (_p99(lat), _p99(base_lat))
+    # file in parallel (stalls of 200 ms were seen beside the flood and schemathesis tests):
+    # compare against a 150 ms floor. A dead subscription that held up the healthy one would
+    # add its retries until max_age (2 s per parked message), an order of magnitude above.
+    assert _p99(lat) <= 2 * max(_p99(base_lat), 0.15), (_p99(lat), _p99(base_lat))
 
 
 async def test_delete_storm_becomes_a_handful_of_summaries(tmp_path: Path) -> None:
