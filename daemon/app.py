@@ -209,7 +209,9 @@ class App:
                 ),
             ).add_routes(api)
             api.router.add_get(notify_mod.CONFIRM_ROUTE, self._confirm_subscription)
-            self.http_port = await self._listen(api, c.ingest.http.listen, self._tls)
+            self.http_port = await self._listen(
+                api, c.ingest.http.listen, self._tls, where="ingest.http.listen"
+            )
         if notify_mod.enabled(c.notify):
             self.notifier = notify_mod.build(self.journal, c, state_dir, self._public_url(), self.rules)
             await self.notifier.start()
@@ -222,7 +224,7 @@ class App:
             metrics = json_app()
             metrics.router.add_get("/metrics", self._metrics)
             metrics.router.add_get("/healthz", self._healthz)
-            self.metrics_port = await self._listen(metrics, c.metrics.listen)
+            self.metrics_port = await self._listen(metrics, c.metrics.listen, where="metrics.listen")
         # Everything built at startup (rules, templates, config) lives as long as the process:
         # move it out of the collector's reach so full collections stay short on the hot path.
         gc.collect()
@@ -255,12 +257,22 @@ class App:
             return web.json_response({"error": "the token does not match this subscription"}, status=403)
         return web.json_response({"confirmed": True, "topic": topic, "subscription": name})
 
-    async def _listen(self, app: web.Application, listen: str, tls: ssl.SSLContext | None = None) -> int:
+    async def _listen(
+        self, app: web.Application, listen: str, tls: ssl.SSLContext | None = None, *, where: str
+    ) -> int:
+        """Serve ``app`` on ``listen``. Raises ConfigError naming ``where`` (the YAML path) when the
+        address cannot be bound: a port in use is the operator's to fix, not a crash."""
         host, port = split_listen(listen)
         runner = JsonErrorAppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=tls)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                where, [f"{where}: cannot listen on {listen}: {exc.strerror or exc}; pick a free address"]
+            ) from exc
         self._runners.append(runner)
         server = site._server
         sockets = getattr(server, "sockets", None) or []

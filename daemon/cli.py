@@ -38,7 +38,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except RuleLoadError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
-    asyncio.run(app.serve())
+    try:
+        asyncio.run(app.serve())
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
     return 0
 
 

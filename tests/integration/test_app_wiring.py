@@ -70,3 +70,25 @@ async def test_backup_and_retention_run_in_the_daemon(tmp_path: Path) -> None:
         assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(copies[key].read_bytes()).digest()
         total += len(orjson.loads(gzip.decompress(path.read_bytes()))["Records"])
     assert total == 310
+
+
+def test_a_port_in_use_is_an_operator_error_not_a_traceback(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import base_config_text
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "trailkeeper.yaml"
+        cfg.write_text(base_config_text(tmp_path, http_port=port, metrics_port=None))
+        proc = subprocess.run(
+            [sys.executable, "-m", "daemon", "run", "--config", str(cfg)],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"ingest.http.listen: cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr
