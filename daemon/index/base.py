@@ -265,6 +265,17 @@ def stored_source(value: str | None, exact: bytes | memoryview | None) -> str:
     return value or ""
 
 
+def stored_event(row: Sequence[Any]) -> StoredEvent:
+    """A ``find`` row (ITEM_COLUMNS, then journal_offset and record) as a StoredEvent."""
+    n = len(ITEM_COLUMNS)
+    return StoredEvent(
+        row_to_item(row[:n]),
+        bytes(row[n + 1]),
+        int(row[n]),
+        stored_source(row[ITEM_COLUMNS.index("source")], row[ITEM_COLUMNS.index("exact")]),
+    )
+
+
 class IndexBackend(Protocol):
     """An index store. All methods may raise IndexUnavailable; writes are idempotent."""
 

@@ -34,8 +34,7 @@ from daemon.index.base import (
     Page,
     StoredEvent,
     page_of,
-    row_to_item,
-    stored_source,
+    stored_event,
 )
 from daemon.index.query import EXACT_FILTERS, Query, build_select
 from daemon.index.values import ESC, MAX_COLUMN_BYTES, column_text, exact_json
@@ -356,17 +355,9 @@ class PostgresIndex:
                 [column_text(t) for t in sorted(tenants)],
                 limit,
             )
-        n = len(ITEM_COLUMNS)
         out: list[StoredEvent] = []
         for record in rows:
-            row = tuple(record)
-            fields = row_to_item(row[:n])
-            stored = StoredEvent(
-                fields,
-                bytes(row[n + 1]),
-                int(row[n]),
-                stored_source(row[ITEM_COLUMNS.index("source")], row[ITEM_COLUMNS.index("exact")]),
-            )
+            stored = stored_event(tuple(record))
             digest = stored.record_hash
             locs = await self._fetch(
                 "SELECT tracker, store, key, leaf, stored_ms FROM locations "
@@ -375,7 +366,8 @@ class PostgresIndex:
                 digest,
             )
             stored.locations = [
-                Location(str(fields["id"]), r[0], r[1], r[2], int(r[3]), int(r[4]), digest) for r in locs
+                Location(str(stored.fields["id"]), r[0], r[1], r[2], int(r[3]), int(r[4]), digest)
+                for r in locs
             ]
             out.append(stored)
         return out

@@ -36,8 +36,7 @@ from daemon.index.base import (
     Page,
     StoredEvent,
     page_of,
-    row_to_item,
-    stored_source,
+    stored_event,
 )
 from daemon.index.query import EXACT_FILTERS, Query, build_select
 from daemon.index.values import column_or_none, column_text, exact_json
@@ -374,19 +373,12 @@ class SqliteIndex:
             args += [column_text(t) for t in sorted(tenants)]
         sql += " ORDER BY received_ms DESC, tenant LIMIT ?"
         args.append(limit)
-        n = len(ITEM_COLUMNS)
         out: list[StoredEvent] = []
         async with self._reader() as conn:
             async with conn.execute(sql, args) as cur:
                 rows = list(await cur.fetchall())
             for row in rows:
-                fields = row_to_item(row[:n])
-                stored = StoredEvent(
-                    fields,
-                    bytes(row[n + 1]),
-                    int(row[n]),
-                    stored_source(row[ITEM_COLUMNS.index("source")], row[ITEM_COLUMNS.index("exact")]),
-                )
+                stored = stored_event(row)
                 digest = stored.record_hash
                 async with conn.execute(
                     "SELECT tracker, store, key, leaf, stored_ms FROM locations "
@@ -394,7 +386,7 @@ class SqliteIndex:
                     (args[0], digest),
                 ) as cur:
                     stored.locations = [
-                        Location(str(fields["id"]), r[0], r[1], r[2], int(r[3]), int(r[4]), digest)
+                        Location(str(stored.fields["id"]), r[0], r[1], r[2], int(r[3]), int(r[4]), digest)
                         for r in await cur.fetchall()
                     ]
                 out.append(stored)
