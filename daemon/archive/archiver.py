@@ -22,7 +22,7 @@ import orjson
 
 from daemon import telemetry
 from daemon.archive.fileformat import BuiltFile
-from daemon.archive.keys import Partition
+from daemon.archive.keys import Partition, conflict_key
 from daemon.durable import atomic_write
 from daemon.events import KIND_EVENT, Entry, decode_entry, event_header
 from daemon.journal import Journal, JournalReader
@@ -379,7 +379,7 @@ class Archiver:
             except ObjectConflict:
                 # Same key, other bytes: only a changed tracker filter between a crash and
                 # its replay can do this. Never overwrite stored evidence; keep both.
-                attempt_key = f"{key.rsplit('.json', 1)[0]}_{built.sha256[:12]}.json.gz"
+                attempt_key = conflict_key(key, built.sha256)
                 telemetry.ARCHIVE_FAILURES.labels(tracker=self.d.name, reason="conflict").inc()
                 log.error("archive.key_conflict", tracker=self.d.name, key=key, stored_as=attempt_key)
             except StoreError as exc:

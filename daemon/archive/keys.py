@@ -15,6 +15,8 @@ import re
 from typing import NamedTuple
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
+# The end of a file name: its journal offset range, then the extension (json.gz, json.zst, jsonl.gz).
+_RANGE_AND_EXTENSION = re.compile(r"(_\d+-\d+)(\.[^/_]+)$")
 UNKNOWN = "_unknown"
 
 
@@ -74,3 +76,15 @@ def file_key(
         if p
     ]
     return "/".join(parts)
+
+
+def conflict_key(key: str, sha256: str) -> str:
+    """Where a file goes when ``key`` already holds other bytes: ``<name>_<sha12>.<extension>``.
+
+    The extension is the one ``key`` was named with (so it still tells the codec), and
+    the copy sorts beside the original. Raises ValueError for a key not named by ``file_key``.
+    """
+    m = _RANGE_AND_EXTENSION.search(key)
+    if m is None:
+        raise ValueError(f"{key!r} is not an archive file key")
+    return f"{key[: m.start(2)]}_{sha256[:12]}{m.group(2)}"
