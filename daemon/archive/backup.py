@@ -52,7 +52,7 @@ _MTIME_SLACK = 2.0
 class BackupJobConfig(BaseModel):
     """One backup job: ``from`` store to ``to`` store, for some key prefixes."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     name: str = Field(pattern=_NAME)
     """Job name; appears in metrics and in the state file name."""
     source: str = Field(alias="from")

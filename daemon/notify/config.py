@@ -167,7 +167,7 @@ class EmailSubscription(_SubscriptionBase):
     to: list[str] = Field(min_length=1)
     """Recipient addresses."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class SnsSubscription(_SubscriptionBase):
