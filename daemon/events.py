@@ -461,8 +461,8 @@ class Decoder:
             # line would be (a multi-line one is re-serialised compact, one record per line).
             stripped = body.strip()
             raw = stripped if b"\n" not in stripped else None
-            return iter([self._check(value, 0, received, raw)])
-        return self._expand(value, 0, received, raw=None)
+            return iter([self._check(value, 0, received, raw, exact=body)])
+        return self._expand(value, 0, received, raw=None, exact=body)
 
     @staticmethod
     def _nests_records(value: dict[str, Any]) -> bool:
@@ -475,29 +475,40 @@ class Decoder:
         return f"event is {size} bytes, over the limit of {self.max_event_bytes} (max_event_bytes)"
 
     def _decode_lines(self, body: bytes, received: int) -> Iterator[Event | Rejected]:
+        # Lines split on \n alone, so a rejected line is quarantined exactly as received
+        # (padding, tabs, the \r of CRLF); events are parsed and stored from the trimmed form.
+        # A line of whitespace only holds no item and is skipped; it keeps its index.
         for index, line in enumerate(body.split(b"\n")):
             stripped = line.strip()
             if not stripped:
                 continue
             if len(stripped) > self.max_event_bytes and not stripped.startswith(b'{"Records"'):
-                yield Rejected(index, REASON_TOO_LARGE, self._too_large(len(stripped)), stripped)
+                yield Rejected(index, REASON_TOO_LARGE, self._too_large(len(stripped)), line)
                 continue
             value, bad = _parse_item(stripped)
             if bad is not None:
                 bad.index = index
+                bad.raw = line
                 yield bad
                 continue
-            yield from self._expand(value, index, received, raw=stripped)
+            yield from self._expand(value, index, received, raw=stripped, exact=line)
 
-    def _expand(self, value: Any, index: int, received: int, raw: bytes | None) -> Iterator[Event | Rejected]:
-        """Flatten arrays, envelopes and CloudEvents into records, then check each."""
+    def _expand(
+        self, value: Any, index: int, received: int, raw: bytes | None, exact: bytes | None = None
+    ) -> Iterator[Event | Rejected]:
+        """Flatten arrays, envelopes and CloudEvents into records, then check each.
+
+        ``raw``: the trimmed bytes of ``value`` when it is a whole line (kept as the record);
+        ``exact``: the bytes received for it when it is a whole item (an NDJSON line, a body),
+        which a rejection of that item quarantines. Items inside it have neither.
+        """
         if isinstance(value, list):
             for i, item in enumerate(value):
                 # Index items of a top-level array by position; inside NDJSON keep the line.
                 yield from self._expand(item, i if raw is None else index, received, None)
             return
         if not isinstance(value, dict):
-            rawb = raw if raw is not None else _dumps_compact(value)
+            rawb = exact if exact is not None else raw if raw is not None else _dumps_compact(value)
             yield Rejected(index, REASON_NOT_OBJECT, "a JSON value that is not an object", rawb)
             return
         records = value.get("Records")
@@ -511,18 +522,23 @@ class Decoder:
                 data_value, bad = _parse_item(data.encode())
                 if bad is not None:
                     bad.index = index
-                    bad.raw = raw if raw is not None else _dumps_compact(value)
+                    bad.raw = exact if exact is not None else raw if raw is not None else _dumps_compact(value)
                     yield bad
                     return
                 data = data_value
             yield from self._expand(data, index, received, None)
             return
-        yield self._check(value, index, received, raw)
+        yield self._check(value, index, received, raw, exact)
 
-    def _check(self, obj: dict[str, Any], index: int, received: int, raw: bytes | None) -> Event | Rejected:
+    def _check(
+        self, obj: dict[str, Any], index: int, received: int, raw: bytes | None, exact: bytes | None = None
+    ) -> Event | Rejected:
+        """An Event of ``obj``, stored as ``raw`` (or compact JSON), or a Rejected holding
+        ``exact`` (the bytes received) when given, else what would have been stored."""
         record = raw if raw is not None and b"\r" not in raw else _dumps_compact(obj)
+        kept = exact if exact is not None else record
         if len(record) > self.max_event_bytes:
-            return Rejected(index, REASON_TOO_LARGE, self._too_large(len(record)), record)
+            return Rejected(index, REASON_TOO_LARGE, self._too_large(len(record)), kept)
         canonical = canonicalise(obj)
         if isinstance(canonical, str):
             reason = (
@@ -530,7 +546,7 @@ class Decoder:
                 if is_cloudtrail_record(obj) or is_cts_trace(obj)
                 else REASON_UNKNOWN_FORMAT
             )
-            return Rejected(index, reason, canonical, record)
+            return Rejected(index, reason, canonical, kept)
         bad_field = next((k for k, v in canonical.items() if v is not None and not _utf8_safe(v)), None)
         if bad_field is not None:
             # Canonical fields go into the journal header, the index and every rule: a lone
@@ -540,7 +556,7 @@ class Decoder:
                 REASON_INVALID_UTF8,
                 f"canonical field {bad_field} holds a lone surrogate escape (e.g. \\ud800), which has "
                 "no UTF-8 form",
-                record,
+                kept,
             )
         if canonical["time"] is None:
             canonical["time"] = _iso_ms(received)
