@@ -174,11 +174,19 @@ class AuthConfig(_Strict):
     """``auth:``: who may call the API."""
 
     tokens: list[TokenConfig] = Field(default_factory=list)
-    """Bearer tokens. None at all: ingest is open (as before auth existed) and reads answer 401."""
+    """Bearer tokens. None at all: reads and admin answer 401, and ingest is open only while
+    auth.anonymous_ingest is true."""
     tokens_file: Path | None = None
     """A YAML file with more tokens: a list like auth.tokens (or {tokens: [...]}), e.g. a mounted
     Kubernetes Secret. Read at start and by check-config; a relative path is from the working
-    directory; no ${ENV} inside it. Null: only auth.tokens.
+    directory; no ${ENV} inside it. Null (or an empty string, so "${VAR:-}" can leave it unset): only
+    auth.tokens.
+    """
+    anonymous_ingest: bool = True
+    """With no token configured anywhere (auth.tokens, auth.tokens_file, ingest.http.tokens), accept
+    POST /v1/events without a token, for a first local try. false: every request needs a valid token,
+    and with no token at all the daemon starts but answers 401 to everything. Once any token exists,
+    ingest needs one whatever this says.
     """
     rate_limit: RateLimitConfig | None = Field(default_factory=RateLimitConfig)
     """Per-token request rate limit (429 with Retry-After beyond it); null: unlimited."""
@@ -194,6 +202,13 @@ class AuthConfig(_Strict):
     """
 
     _file_tokens: list[TokenConfig] = PrivateAttr(default_factory=list)
+
+    @field_validator("tokens_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        # "${TRAILKEEPER_TOKENS_FILE:-}" with the variable unset: no file, rather than Path("."),
+        # which would name the working directory.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -304,8 +319,8 @@ class Authenticator:
 
     ``legacy_ingest_hashes`` are the spine's ``ingest.http.tokens``: each becomes a
     producer for every tenant named ``ingest-token-N``, so old configs keep working.
-    With no token configured anywhere, ingest stays open (as before auth existed)
-    and every read or admin endpoint refuses all callers.
+    With no token configured anywhere, every read or admin endpoint refuses all
+    callers, and ingest is open only if ``auth.anonymous_ingest`` allows it.
     """
 
     def __init__(
@@ -333,7 +348,21 @@ class Authenticator:
         for i, digest in enumerate(legacy_ingest_hashes or []):
             d = digest.strip().lower().removeprefix("sha256:")
             self._by_digest.setdefault(d, Principal(f"ingest-token-{i}", "producer", None, config.rate_limit))
-        self.open_ingest = not self._by_digest
+        self.open_ingest = not self._by_digest and config.anonymous_ingest
+        if self.open_ingest:
+            log.warning(
+                "auth.ingest_open",
+                detail="no token is configured: POST /v1/events accepts events from anyone who can reach it",
+                action="add tokens (auth.tokens or auth.tokens_file), or set auth.anonymous_ingest: false",
+            )
+        elif not self._by_digest:
+            log.warning(
+                "auth.no_tokens",
+                detail="no token is configured and auth.anonymous_ingest is false: every API request "
+                "is refused with 401",
+                action="make a token with `trailkeeper tokens create --role producer --tenant '*'`, put "
+                "its entry under auth.tokens or into the file named by auth.tokens_file, and restart",
+            )
         self.sources = SourceResolver(parse_networks(config.trusted_proxies))
         limit = config.failures.rate_limit
         self.failures = FailureThrottle(

@@ -41,7 +41,9 @@ class IntegrityConfig(BaseModel):
     keys_dir: Path = Path("var/keys")
     """Signing keys; the embedded default generates one here on first run (mode 0600)."""
     key_file: Path | None = None
-    """Production: a PEM Ed25519 private key file (the path may come from ${ENV})."""
+    """Production: an unencrypted PEM Ed25519 private key file (openssl genpkey -algorithm ed25519), e.g. a
+    mounted Secret; only read, so it may be read-only. Its public half and rotations are recorded in
+    keys_dir (on the data volume). Read when the config is loaded. Null (or empty): keys_dir's own key."""
     origin: str = Field(default="trailkeeper", min_length=1, max_length=200)
     """The signer name on every note; also the first part of the checkpoint origin."""
     digest_interval: Duration = 3600.0
@@ -58,6 +60,25 @@ class IntegrityConfig(BaseModel):
     """Witnesses that cosign each digest interval's checkpoint; validate --witness-key checks their work."""
     witness_alert_after: int = Field(default=3, ge=1)
     """Intervals without a cosignature from a witness before /readyz and the metrics report it."""
+
+    @field_validator("key_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, v: object) -> object:
+        # "${TRAILKEEPER_KEY_FILE:-}" with the variable unset: no key file, not Path(".").
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_file(cls, v: Path | None) -> Path | None:
+        # Checked at load so check-config and run refuse a missing or empty Secret alike.
+        from daemon.integrity.keys import KeyError_, read_key_file
+
+        if v is not None:
+            try:
+                read_key_file(v)
+            except KeyError_ as exc:
+                raise ValueError(str(exc)) from exc
+        return v
 
     @field_validator("origin")
     @classmethod

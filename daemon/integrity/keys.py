@@ -71,13 +71,30 @@ def load_private_pem(data: bytes, source: str) -> Ed25519PrivateKey:
     return key
 
 
-def signer_from_file(path: Path, name: str) -> Signer:
-    """A signer from a PEM file (production ``integrity.key_file``)."""
+def read_key_file(path: Path) -> Ed25519PrivateKey:
+    """The key in ``path``, opened read-only (a mounted Secret may be read-only).
+
+    Raises KeyError_ starting with the path: unreadable, empty, or not an unencrypted PEM Ed25519
+    private key (PKCS#8, as ``openssl genpkey -algorithm ed25519`` writes it)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise KeyError_(f"integrity.key_file {path}: cannot read it: {exc.strerror}") from exc
-    return Signer(name, load_private_pem(data, f"integrity.key_file {path}"))
+        raise KeyError_(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+    if not data.strip():
+        raise KeyError_(
+            f"{path} is empty: it must hold an unencrypted PEM Ed25519 private key "
+            "(make one with `openssl genpkey -algorithm ed25519`)"
+        )
+    return load_private_pem(data, str(path))
+
+
+def signer_from_file(path: Path, name: str) -> Signer:
+    """A signer from a PEM file (production ``integrity.key_file``). Raises KeyError_ naming
+    ``integrity.key_file``."""
+    try:
+        return Signer(name, read_key_file(path))
+    except KeyError_ as exc:
+        raise KeyError_(f"integrity.key_file: {exc}") from exc
 
 
 class KeyStore:
@@ -127,8 +144,37 @@ class KeyStore:
         vkey = self._verifier(kid)
         path = self.dir / f"{kid}.key"
         if not path.exists():
-            raise KeyError_(f"{self.dir}: the active key {kid} has no private key file {path.name}")
+            raise KeyError_(
+                f"{self.dir}: the active key {kid} has no private key file {path.name} (a key from "
+                "integrity.key_file keeps only its public half here): set integrity.key_file again, "
+                "or start a new key with `trailkeeper keys generate --force`"
+            )
         return Signer(vkey.name, load_private_pem(path.read_bytes(), str(path)))
+
+    def record_external(self, signer: Signer) -> str | None:
+        """Keep the public half of a key held elsewhere (``integrity.key_file``) as the active key.
+
+        Writes ``<id>.vkey``, ``active`` and the history, never a private key; a different key
+        active before is recorded as retired now, so validation keeps trusting what it signed
+        until then. Idempotent: the same key again changes nothing. Returns the retired key's id.
+        Raises OSError when the directory cannot be written.
+        """
+        kid = signer.key_id.hex()
+        old = self._active_id()
+        if old == kid and (self.dir / f"{kid}.vkey").exists():
+            return None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        now = time.time()
+        _write_text(self.dir / f"{kid}.vkey", signer.verifier.vkey() + "\n")
+        hist = self.history()
+        # A key that signs again (a Secret rolled back) is valid again from now on.
+        hist[kid] = {"created": hist.get(kid, {}).get("created") or now, "retired": None}
+        if old is not None and old != kid:
+            hist.setdefault(old, {"created": now, "retired": None})["retired"] = now
+        _write_text(self.dir / "history.json", orjson.dumps(hist, option=orjson.OPT_INDENT_2).decode())
+        _write_text(self.dir / "active", kid + "\n")
+        return old if old != kid else None
 
     def ensure(self, name: str) -> Signer:
         """The active key, generated on first run (embedded default)."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING
 
 from daemon.archive.archiver import Listener
+from daemon.config import ConfigError
 from daemon.integrity.checkpoint import Signer
 from daemon.integrity.digest import DigestWriter
 from daemon.integrity.keys import KeyError_, KeyStore, signer_from_file
@@ -20,11 +22,37 @@ if TYPE_CHECKING:
 log = get_logger("integrity")
 
 
+# Digest writers of several trackers refresh the signer from threads at once.
+_RECORD_LOCK = threading.Lock()
+
+
+def _file_signer(config: Config) -> Signer:
+    """The key of ``integrity.key_file``, its public half recorded in ``integrity.keys_dir``.
+
+    The key file is only read (a Secret mount is read-only and may be replaced on rotation);
+    the record, on the data volume, is what ``keys export-public`` pins and what keeps a
+    rotated-out key trusted for what it signed. Raises KeyError_ naming the YAML path."""
+    ic = config.integrity
+    assert ic.key_file is not None
+    signer = signer_from_file(ic.key_file, ic.origin)
+    try:
+        with _RECORD_LOCK:
+            retired = KeyStore(ic.keys_dir).record_external(signer)
+    except OSError as exc:
+        raise KeyError_(
+            f"integrity.keys_dir: cannot record the public key of integrity.key_file in {ic.keys_dir}: "
+            f"{exc.strerror or exc} (it must be a writable directory on the data volume)"
+        ) from exc
+    if retired is not None:
+        log.info("integrity.key_file_rotated", key_id=signer.key_id.hex(), retired=retired)
+    return signer
+
+
 def load_signer(config: Config) -> Signer:
     """The production key file when configured, else the keys directory (generated on first run)."""
     ic = config.integrity
     if ic.key_file is not None:
-        return signer_from_file(ic.key_file, ic.origin)
+        return _file_signer(config)
     return KeyStore(ic.keys_dir).ensure(ic.origin)
 
 
@@ -32,7 +60,7 @@ def current_signer(config: Config) -> Signer:
     """The signer now configured, never generating one (a vanished key is an error, not a new key)."""
     ic = config.integrity
     if ic.key_file is not None:
-        return signer_from_file(ic.key_file, ic.origin)
+        return _file_signer(config)
     signer = KeyStore(ic.keys_dir).active()
     if signer is None:
         raise KeyError_(f"{ic.keys_dir}: no active key any more; keeping the one loaded at start")
@@ -55,7 +83,13 @@ class Integrity:
         verified = [t for t in self.config.trackers if t.verify]
         if not verified:
             return
-        signer = await asyncio.to_thread(load_signer, self.config)
+        try:
+            signer = await asyncio.to_thread(load_signer, self.config)
+        except KeyError_ as exc:
+            # The file passed config validation but changed since: still the operator's to fix.
+            where = "integrity.key_file" if self.config.integrity.key_file else "integrity.keys_dir"
+            text = str(exc)
+            raise ConfigError(where, [text if text.startswith("integrity.") else f"{where}: {text}"]) from exc
         log.info("integrity.key_loaded", key_name=signer.name, key_id=signer.key_id.hex())
         ic = self.config.integrity
         for t in verified:
