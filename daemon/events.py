@@ -522,7 +522,9 @@ class Decoder:
                 data_value, bad = _parse_item(data.encode())
                 if bad is not None:
                     bad.index = index
-                    bad.raw = exact if exact is not None else raw if raw is not None else _dumps_compact(value)
+                    bad.raw = (
+                        exact if exact is not None else raw if raw is not None else _dumps_compact(value)
+                    )
                     yield bad
                     return
                 data = data_value

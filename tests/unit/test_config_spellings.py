@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from daemon.config import Config, ConfigError, parse_config
+from daemon.notify.config import EmailSubscription
 
 
 def _models(annotation: object) -> Iterator[type[BaseModel]]:
@@ -98,4 +99,5 @@ def test_email_refuses_sender() -> None:
 def test_email_takes_from() -> None:
     config = parse_config(EMAIL.format(sender="from: tk@example.org"))
     (sub,) = config.notify.topics["security"].subscriptions
-    assert getattr(sub, "sender") == "tk@example.org"
+    assert isinstance(sub, EmailSubscription)
+    assert sub.sender == "tk@example.org"
