@@ -98,8 +98,10 @@ async def test_start_brings_up_every_worker_off_the_event_loop() -> None:
         executor = pool._pool
         assert executor is not None and len(executor._processes) == 2
         assert all(p.is_alive() for p in executor._processes.values())
-        # The loop turned all along: many ticks, none as long as the start itself.
-        assert len(gaps) >= 5 and max(gaps) < took, (len(gaps), took)
+        # The loop turned all along: several ticks, none as long as the start itself. A start
+        # that blocked the loop leaves one tick whose gap spans the whole start; a fast start
+        # (about 10 ms here) still leaves room for more than one 2 ms tick.
+        assert len(gaps) >= 2 and max(gaps) < took, (len(gaps), max(gaps), took)
         await pool.start()  # idempotent
         assert pool._pool is executor and len(executor._processes) == 2
     finally:
