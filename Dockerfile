@@ -6,24 +6,47 @@
 # own file over it or pass `run --config /path`. Secrets come from the environment or mounted
 # files at run time: nothing secret is baked into the image.
 
+# Two builds of one commit give the same image: the base is pinned by digest (the multi-arch
+# index of python:3.11-slim-bookworm; refresh it with
+# `docker buildx imagetools inspect python:3.11-slim-bookworm`, its "Digest:" line, in both FROM
+# lines), the Python dependencies come from requirements.lock and the build backend from
+# requirements-build.lock, every file checked against its hash (deploy/relock.sh writes both),
+# and Debian's tini is pinned to its bookworm version.
+
 # --- build: install the package and its dependencies into a self-contained venv -------------
 # Both stages use the same base so the venv's interpreter path matches.
-FROM python:3.11-slim-bookworm AS build
+FROM python:3.11-slim-bookworm@sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6a85a8859bdf84 AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-RUN python -m venv /opt/trailkeeper
+# Wheels only: a source build would fetch build tools that no hash covers.
+COPY requirements.lock requirements-build.lock ./
+RUN python -m venv /opt/trailkeeper \
+    && /opt/trailkeeper/bin/pip install --no-cache-dir --require-hashes --only-binary :all: -r requirements.lock \
+    && python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-cache-dir --require-hashes --only-binary :all: -r requirements-build.lock
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
-RUN /opt/trailkeeper/bin/pip install --no-cache-dir . \
+# The package itself: built with the locked backend (which stays in this stage), installed
+# without dependencies (all came from the lock above).
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /tmp/wheel . \
+    && /opt/trailkeeper/bin/pip install --no-cache-dir --no-deps /tmp/wheel/trailkeeper-*.whl \
     && /opt/trailkeeper/bin/python -m compileall -q /opt/trailkeeper/lib
 
 # --- runtime: no compiler, no pip cache, no source tree --------------------------------------
-FROM python:3.11-slim-bookworm
+FROM python:3.11-slim-bookworm@sha256:528257d48c1da0dcecc2e725d1ae34498d60c965f1241e39cd6a85a8859bdf84
 LABEL org.opencontainers.image.title="trailkeeper" \
       org.opencontainers.image.description="Self-hosted audit-trail daemon" \
       org.opencontainers.image.licenses="Apache-2.0"
+
+# tini runs as PID 1: it reaps every orphaned child (PID 1 inherits them, and the kernel ignores
+# signals PID 1 has no handler for) and forwards SIGTERM and SIGHUP to the daemon, its only
+# child. Without -g: the signal goes to the daemon alone, which stops its decode workers itself
+# once it has drained; a signal to the whole group would kill them mid-batch.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
+    && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric uid/gid so volume ownership and runAsUser in Kubernetes agree.
 ARG UID=10001
@@ -34,7 +57,6 @@ RUN groupadd --system --gid "${GID}" trailkeeper \
     && install -d -o "${UID}" -g "${GID}" -m 0750 /var/lib/trailkeeper
 
 COPY --from=build /opt/trailkeeper /opt/trailkeeper
-COPY config/trailkeeper.yaml /etc/trailkeeper/trailkeeper.default.yaml
 COPY config/examples/container.yaml /etc/trailkeeper/trailkeeper.yaml
 
 ENV PATH=/opt/trailkeeper/bin:$PATH \
@@ -54,6 +76,6 @@ EXPOSE 8787 9464
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['TRAILKEEPER_HEALTH_URL'], timeout=4)"]
 
-# Exec form: the daemon is PID 1 and receives SIGTERM (graceful drain) and SIGHUP (reload).
-ENTRYPOINT ["trailkeeper"]
+# Exec form, under tini: the daemon receives SIGTERM (graceful drain) and SIGHUP (reload).
+ENTRYPOINT ["/usr/bin/tini", "--", "trailkeeper"]
 CMD ["run", "--config", "/etc/trailkeeper/trailkeeper.yaml"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from daemon import procguard
+from daemon.cpus import CpuCount, usable_cpus
 from daemon.events import (
     Decoder,
     Event,
@@ -150,8 +151,10 @@ def _decode_messages(messages: list[tuple[bytes, str]], max_event_bytes: int, so
     return out
 
 
-def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+def default_workers() -> CpuCount:
+    """One worker per CPU this process may use (affinity mask and cgroup quota, see
+    daemon.cpus), and why that many."""
+    return usable_cpus()
 
 
 class WorkerLost(Exception):

@@ -90,7 +90,7 @@ def fast_rules(text: str) -> str:
 
 
 class Daemon:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, journal: str = "max_bytes: 64MiB, segment_bytes: 4MiB") -> None:
         self.tmp = tmp
         tmp.mkdir(parents=True)
         self.http_port = free_port()
@@ -99,7 +99,7 @@ class Daemon:
         config = tmp / "trailkeeper.yaml"
         config.write_text(
             f'ingest:\n  http: {{listen: "127.0.0.1:{self.http_port}"}}\n'
-            f"journal: {{dir: {tmp}/journal, max_bytes: 64MiB, segment_bytes: 4MiB}}\n"
+            f"journal: {{dir: {tmp}/journal, {journal}}}\n"
             f"stores:\n  local: {{type: local, path: {self.archive}}}\n"
             "quarantine: {store: local, prefix: quarantine, max_age: 200ms}\n"
             "trackers:\n  - name: default\n    store: local\n    prefix: trails\n"
@@ -125,6 +125,12 @@ class Daemon:
         return (self.tmp / "daemon.log").read_text(errors="replace")[-3000:]
 
     def post(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        status, _headers, result = self.try_post(records)
+        assert status == 202, (status, result)
+        return result
+
+    def try_post(self, records: list[dict[str, Any]]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """POST /v1/events: the status, the headers and the JSON answer, whatever the status."""
         body = gzip.compress(b"\n".join(json.dumps(r).encode() for r in records))
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.http_port}/v1/events",
@@ -132,10 +138,15 @@ class Daemon:
             headers={"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"},
             method="POST",
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            assert resp.status == 202
-            result: dict[str, Any] = json.loads(resp.read())
-            return result
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, dict(resp.headers), json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read())
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        status, body = http_get(f"http://127.0.0.1:{self.http_port}{path}")
+        return status, json.loads(body)
 
     def archived_event_ids(self) -> set[str]:
         ids: set[str] = set()
@@ -300,8 +311,10 @@ def test_prometheus_fires_archive_alert_while_store_is_unwritable_and_resolves(
         )
         assert firing[0]["labels"]["tracker"] == "default"
         assert firing[0]["labels"]["severity"] == "page"
+        # The journal absorbs the outage: the pod stays in service; the downstream view says why.
         status, body = http_get(f"http://127.0.0.1:{daemon.http_port}/readyz")
-        assert status == 503, body
+        assert status == 200, body
+        assert daemon.get("/healthz/downstream")[0] == 503
     finally:
         daemon.archive.unlink()
         saved.rename(daemon.archive)
@@ -311,4 +324,104 @@ def test_prometheus_fires_archive_alert_while_store_is_unwritable_and_resolves(
     wanted = {r["eventID"] for r in records}
     wait_for("every event archived", lambda: wanted <= daemon.archived_event_ids(), timeout=15)
     assert http_get(f"http://127.0.0.1:{daemon.http_port}/readyz")[0] == 200
+    assert daemon.stop() == 0, daemon.logs()
+
+
+def _synthetic(start: int, count: int) -> list[dict[str, Any]]:
+    """CloudTrail-shaped records of about 1 KiB each, with unique ids."""
+    return [
+        {
+            "eventVersion": "1.08",
+            "eventSource": "s3.amazonaws.com",
+            "eventName": "PutObject",
+            "eventTime": "2026-12-03T10:00:00Z",
+            "awsRegion": "eu-west-1",
+            "recipientAccountId": "111122223333",
+            "eventID": f"budget-{n:06d}",
+            "userIdentity": {"type": "IAMUser", "userName": f"u{n}"},
+            "requestParameters": {"bucketName": "b", "key": f"k/{n}/" + "x" * 800},
+        }
+        for n in range(start, start + count)
+    ]
+
+
+@pytest.fixture
+def small_journal_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "daemon", journal="max_bytes: 1MiB, segment_bytes: 256KiB")
+    yield d
+    d.stop()
+
+
+def test_store_outage_keeps_ingest_ready_until_the_journal_budget_and_alerts(
+    small_journal_daemon: Daemon, tmp_path: Path
+) -> None:
+    daemon = small_journal_daemon
+    prometheus = Prometheus(tmp_path / "prometheus", daemon.metrics_port)
+    alert = "TrailkeeperDownstreamUnhealthy"
+    try:
+        assert daemon.get("/healthz/downstream") == (200, {"healthy": True, "problems": [], "warnings": []})
+        wait_for(
+            "prometheus to scrape the downstream health",
+            lambda: prometheus.api(
+                "query", query='trailkeeper_downstream_healthy{component="store",name="local"} == 1'
+            )["result"],
+            timeout=15,
+        )
+        assert any(r["name"] == alert for g in prometheus.api("rules")["groups"] for r in g["rules"])
+        time.sleep(2)
+        assert prometheus.alert_state(alert) is None
+
+        saved = daemon.archive.with_name("archive.saved")
+        daemon.archive.rename(saved)
+        daemon.archive.write_bytes(b"not a directory\n")
+        try:
+            # The store is down: the probe keeps the pod in service and ingest answers 202
+            # while the journal has room; the downstream endpoint names the store.
+            accepted: list[str] = []
+            n = 0
+            while True:
+                batch = _synthetic(n, 50)
+                status, headers, answer = daemon.try_post(batch)
+                n += 50
+                if status != 202:
+                    break
+                accepted += [r["eventID"] for r in batch]
+                ready = daemon.get("/readyz")
+                assert ready[0] == 200 and ready[1]["ready"] is True, ready
+                assert n < 5000, "the journal budget (1 MiB) was never reached"
+            assert status == 503 and int(headers["Retry-After"]) >= 1, (status, answer)
+            assert "journal.max_bytes" in answer["error"]
+            assert len(accepted) >= 300  # ~1 MiB of ~1 KiB events went in before the 503
+            status, ready_doc = daemon.get("/readyz")
+            assert status == 503 and not ready_doc["ready"], ready_doc
+            assert any("budget" in p for p in ready_doc["problems"]), ready_doc
+            status, down = daemon.get("/healthz/downstream")
+            assert status == 503 and down["healthy"] is False, down
+            assert "store local: not writable" in down["problems"], down
+            # The public answer says what is down, never the error text (paths, hosts, buckets).
+            assert not any(str(daemon.tmp) in p for p in down["problems"]), down
+            firing = wait_for(
+                f"{alert} to fire",
+                lambda: [
+                    a
+                    for a in prometheus.api("alerts")["alerts"]
+                    if a["labels"]["alertname"] == alert and a["state"] == "firing"
+                ],
+                timeout=45,
+            )
+            assert {(a["labels"]["component"], a["labels"]["name"]) for a in firing} == {("store", "local")}
+            assert firing[0]["labels"]["severity"] == "ticket"
+        finally:
+            daemon.archive.unlink()
+            saved.rename(daemon.archive)
+
+        # The store is back: the journal drains, ingest and readiness recover, the alert resolves.
+        wait_for("/readyz ready again", lambda: daemon.get("/readyz")[0] == 200, timeout=45)
+        wait_for("/healthz/downstream healthy again", lambda: daemon.get("/healthz/downstream")[0] == 200, 45)
+        assert daemon.post(_synthetic(n, 10))["accepted"] == 10
+        wait_for(f"{alert} to resolve", lambda: prometheus.alert_state(alert) is None, timeout=45)
+        wanted = set(accepted) | {f"budget-{i:06d}" for i in range(n, n + 10)}
+        wait_for("every accepted event archived", lambda: wanted <= daemon.archived_event_ids(), timeout=30)
+    finally:
+        prometheus.stop()
     assert daemon.stop() == 0, daemon.logs()

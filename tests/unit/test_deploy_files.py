@@ -22,26 +22,26 @@ from daemon import telemetry
 from daemon.app import split_listen
 from daemon.config import Config, load_config, parse_config
 from daemon.units import parse_size
-from tests.deploytools import ROOT, dockerfile_instructions, final_stage, lint_venv, promtool, tool
+from tests.deploytools import (
+    K8S,
+    ROOT,
+    dockerfile_instructions,
+    final_stage,
+    k8s_docs,
+    lint_venv,
+    promtool,
+    tool,
+)
 
 DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "trailkeeper.json"
+LOCK = ROOT / "requirements.lock"
+BUILD_LOCK = ROOT / "requirements-build.lock"
 
 
 def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, **kw)
-
-
-def k8s_docs() -> dict[str, dict[str, Any]]:
-    """Every manifest under deploy/k8s keyed by ``Kind/name``."""
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and "kind" in doc and "metadata" in doc:
-                out[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
-    return out
 
 
 # --- Dockerfile -------------------------------------------------------------------------------
@@ -53,7 +53,7 @@ def test_hadolint_passes_on_the_dockerfile() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_dockerfile_runs_the_daemon_as_pid1_non_root_with_a_healthcheck() -> None:
+def test_dockerfile_runs_the_daemon_under_tini_non_root_with_a_healthcheck() -> None:
     stage = final_stage()
     words = [w for w, _ in stage]
     assert words.count("FROM") == 1 and len([w for w, _ in dockerfile_instructions() if w == "FROM"]) >= 2
@@ -62,6 +62,15 @@ def test_dockerfile_runs_the_daemon_as_pid1_non_root_with_a_healthcheck() -> Non
     for word in ("ENTRYPOINT", "CMD"):
         (args,) = [a for w, a in stage if w == word]
         assert isinstance(json.loads(args), list), f"{word} must be exec form so signals reach the daemon"
+    # PID 1 is tini: it reaps orphaned children and forwards SIGTERM/SIGHUP to the daemon, its
+    # only child. Not -g: the daemon stops its decode workers itself, after draining.
+    (entrypoint,) = [json.loads(a) for w, a in stage if w == "ENTRYPOINT"]
+    assert entrypoint == ["/usr/bin/tini", "--", "trailkeeper"]
+    installs = [a for w, a in stage if w == "RUN" and "apt-get install" in a]
+    assert len(installs) == 1 and re.search(r"\btini=\d[\w.+~:-]*", installs[0]), installs
+    assert "--no-install-recommends" in installs[0] and "rm -rf /var/lib/apt/lists/*" in installs[0]
+    (cmd,) = [json.loads(a) for w, a in stage if w == "CMD"]
+    assert cmd[0] == "run"
     (health,) = [a for w, a in stage if w == "HEALTHCHECK"]
     assert "urllib.request" in health and "CMD [" in health
     env = " ".join(a for w, a in stage if w == "ENV")
@@ -72,6 +81,184 @@ def test_dockerfile_runs_the_daemon_as_pid1_non_root_with_a_healthcheck() -> Non
     for word, args in dockerfile_instructions():
         if word in ("ENV", "ARG"):
             assert not secretish.search(args), f"{word} {args}: no secrets in the image"
+
+
+_DIGEST_FROM = re.compile(
+    r"(?P<image>[^\s@]+)@sha256:(?P<digest>[0-9a-f]{64})(?:\s+AS\s+\S+)?", re.IGNORECASE
+)
+
+
+def test_every_base_image_is_pinned_by_digest_and_both_stages_share_it() -> None:
+    froms = [a for w, a in dockerfile_instructions() if w == "FROM"]
+    assert len(froms) >= 2
+    pinned = []
+    for args in froms:
+        m = _DIGEST_FROM.fullmatch(args)
+        assert m, f"FROM {args}: pin the base by digest (image:tag@sha256:<64 hex>)"
+        pinned.append((m["image"], m["digest"]))
+    # The venv built in the first stage runs on the second one's interpreter: one base.
+    assert len(set(pinned)) == 1, pinned
+    assert pinned[0][0] == "python:3.11-slim-bookworm"
+    text = (ROOT / "Dockerfile").read_text()
+    assert "docker buildx imagetools inspect python:3.11-slim-bookworm" in text, "say how to refresh it"
+
+
+def test_the_image_installs_its_dependencies_from_the_locks_with_hashes() -> None:
+    runs = [a for w, a in dockerfile_instructions() if w == "RUN"]
+    pip = [cmd.strip() for a in runs for cmd in a.split("&&") if re.search(r"\bpip (install|wheel)\b", cmd)]
+    assert pip
+    locked = [c for c in pip if "--require-hashes" in c]
+    assert any(f"-r {LOCK.name}" in c for c in locked), pip
+    assert any(f"-r {BUILD_LOCK.name}" in c for c in locked), pip
+    for cmd in pip:
+        # Anything not installed from a lock brings no dependency and no build tool of its own.
+        assert "--require-hashes" in cmd or (
+            ("--no-deps" in cmd and "--no-build-isolation" in cmd) or cmd.endswith(".whl")
+        ), cmd
+        if "--require-hashes" in cmd:
+            assert "--only-binary :all:" in cmd, f"{cmd}: a source build would run unhashed build tools"
+        else:
+            assert "--no-deps" in cmd, cmd
+    copied = " ".join(a for w, a in dockerfile_instructions() if w == "COPY")
+    assert LOCK.name in copied and BUILD_LOCK.name in copied
+
+
+def test_only_the_config_the_image_runs_is_copied_into_it() -> None:
+    stage = final_stage()
+    (cmd,) = [json.loads(a) for w, a in stage if w == "CMD"]
+    config = cmd[cmd.index("--config") + 1]
+    dests = [a.split()[-1] for w, a in stage if w == "COPY"]
+    assert sorted(dests) == sorted(["/opt/trailkeeper", config]), dests
+    assert "config/trailkeeper.yaml" not in " ".join(a for w, a in dockerfile_instructions() if w == "COPY")
+
+
+# --- the dependency locks ---------------------------------------------------------------------
+
+# The image's interpreter, as the locks were resolved for (deploy/relock.sh): CPython 3.11 on Linux.
+LOCK_TARGET = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.0",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "platform_release": "",
+    "platform_version": "",
+    "implementation_version": "3.11.0",
+}
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (pinned version, hashes) of a pip requirements file with hashes."""
+    from packaging.utils import canonicalize_name
+
+    out: dict[str, tuple[str, list[str]]] = {}
+    current: str | None = None
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip().rstrip("\\").strip()
+        if not line:
+            continue
+        if line.startswith("--hash="):
+            assert current is not None, f"{path.name}: a hash before any requirement"
+            out[current][1].append(line.removeprefix("--hash="))
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)", line)
+        assert m, f"{path.name}: {raw!r} is not pinned with == (regenerate with deploy/relock.sh)"
+        current = canonicalize_name(m[1])
+        out[current] = (m[2], [])
+    return out
+
+
+def lock_problems(requirements: list[str], lock: dict[str, tuple[str, list[str]]]) -> list[str]:
+    """What is wrong with ``lock`` for ``requirements`` and their dependencies as installed here.
+
+    Each requirement must be locked at a version in its range, each entry hashed; walking the
+    installed metadata (only through packages installed at their locked version: another version
+    may depend on other things) must find nothing unlocked and, when every step was at the locked
+    version, nothing locked that is not needed."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    problems = [f"{name}=={v}: no --hash" for name, (v, hashes) in lock.items() if not hashes]
+    problems += [
+        f"{name}: {h} is not a sha256 hash"
+        for name, (_, hs) in lock.items()
+        for h in hs
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", h)
+    ]
+    needed: dict[str, str] = {}
+    complete = True
+    pending = [(Requirement(r), "pyproject.toml") for r in requirements]
+    while pending:
+        req, via = pending.pop()
+        name = canonicalize_name(req.name)
+        extras = {""} | set(req.extras)
+        if req.marker is not None and not any(
+            req.marker.evaluate({**LOCK_TARGET, "extra": e}) for e in extras
+        ):
+            continue
+        if name not in lock:
+            problems.append(f"{req} (needed by {via}) is not in the lock: run deploy/relock.sh")
+            continue
+        version = lock[name][0]
+        if not req.specifier.contains(version, prereleases=True):
+            problems.append(
+                f"{name}=={version} does not satisfy {req} (needed by {via}): run deploy/relock.sh"
+            )
+        if name in needed:
+            continue
+        needed[name] = via
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            # Locked for the target's 3.11.0 by a marker this interpreter does not meet (a
+            # backport such as async-timeout): a leaf here.
+            continue
+        if canonicalize_name(dist.version) != canonicalize_name(version):
+            complete = False
+            continue
+        for text in dist.requires or []:
+            sub = Requirement(text)
+            if sub.marker is None or any(sub.marker.evaluate({**LOCK_TARGET, "extra": e}) for e in extras):
+                pending.append((sub, name))
+    if complete:
+        problems += [
+            f"{name} is locked but nothing needs it: run deploy/relock.sh" for name in set(lock) - set(needed)
+        ]
+    return problems
+
+
+def pyproject() -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_the_runtime_lock_covers_exactly_pyprojects_dependencies() -> None:
+    lock = read_lock(LOCK)
+    assert lock, "requirements.lock is empty"
+    assert lock_problems(pyproject()["project"]["dependencies"], lock) == []
+    assert "deploy/relock.sh" in LOCK.read_text().split("\n", 3)[1], "the header names how to refresh it"
+
+
+def test_the_build_lock_covers_the_build_backend() -> None:
+    lock = read_lock(BUILD_LOCK)
+    assert lock_problems(pyproject()["build-system"]["requires"], lock) == []
+
+
+def test_a_dependency_added_without_relocking_fails() -> None:
+    lock = read_lock(LOCK)
+    deps = pyproject()["project"]["dependencies"]
+    (problem,) = lock_problems([*deps, "no-such-dependency-added>=1"], lock)
+    assert "no-such-dependency-added" in problem and "relock" in problem
+    narrowed = [d if not d.startswith("orjson") else "orjson>=999" for d in deps]
+    assert any("orjson" in p and "does not satisfy" in p for p in lock_problems(narrowed, lock))
+    unhashed = {**lock, "orjson": (lock["orjson"][0], [])}
+    assert any(p.startswith("orjson==") and "no --hash" in p for p in lock_problems(deps, unhashed))
 
 
 def _ignore_matches(pattern: str, prefixes: list[str]) -> bool:
@@ -174,6 +361,33 @@ def test_promtool_accepts_the_alert_rules() -> None:
     assert "SUCCESS" in proc.stdout
 
 
+ALERT_TESTS = DEPLOY / "prometheus" / "alerts_test.yaml"
+
+
+def test_promtool_unit_tests_of_the_alert_rules_pass() -> None:
+    proc = run([promtool(), "test", "rules", str(ALERT_TESTS)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_alerts_on_sources_and_downstream_health_have_unit_tests() -> None:
+    tests = yaml.safe_load(ALERT_TESTS.read_text())
+    assert tests["rule_files"] == [ALERTS.name]
+    tested = {
+        case["alertname"]
+        for group in tests["tests"]
+        for case in group["alert_rule_test"]
+        if case.get("exp_alerts")  # a case that expects the alert to fire, not only silence
+    }
+    names = {rule["alert"] for rule in alert_rules()}
+    for alert in (
+        "TrailkeeperSourceDisconnected",
+        "TrailkeeperSourceConsumerLagging",
+        "TrailkeeperDownstreamUnhealthy",
+    ):
+        assert alert in names and alert in tested, alert
+
+
 def test_promtool_accepts_the_scrape_config(tmp_path: Path) -> None:
     # The compose file mounts the rules at /etc/prometheus/alerts.yaml; check with them beside it.
     cfg = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
@@ -242,6 +456,9 @@ def test_alerts_cover_what_an_operator_needs() -> None:
         "trailkeeper_notify_dead_lettered_total",  # dead letters
         "trailkeeper_digest_last_success_timestamp_seconds",  # digest chain not advancing
         "trailkeeper_validate_findings_total",  # validation failures
+        "trailkeeper_source_connected",  # a queue source without its broker
+        "trailkeeper_source_consumer_lag_messages",  # a queue source falling behind
+        "trailkeeper_downstream_healthy",  # a store or the index failing
     ):
         assert family in text, f"no alert uses {family}"
     for rule in rules:
@@ -296,18 +513,80 @@ def test_dashboard_is_generated_and_covers_each_area() -> None:
 # --- Kubernetes manifests ---------------------------------------------------------------------
 
 
-def configmap_config() -> Config:
+SECRETS_DIR_VAR = "TRAILKEEPER_SECRETS_DIR"
+
+
+def configmap_config(monkeypatch: pytest.MonkeyPatch, secrets: Path) -> Config:
+    """The ConfigMap's config as the pod loads it, with example Secret files in ``secrets``
+    (loading reads them) and every other path at its in-pod default."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
     cm = k8s_docs()["ConfigMap/trailkeeper-config"]
-    os.environ.setdefault("HOSTNAME", "trailkeeper-0")
+    for name in list(os.environ):
+        if name.startswith("TRAILKEEPER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOSTNAME", "trailkeeper-0")
+    secrets.mkdir(exist_ok=True)
+    key = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    (secrets / "signing-key.pem").write_bytes(key)
+    (secrets / "api-tokens").write_text("")
+    monkeypatch.setenv(SECRETS_DIR_VAR, str(secrets))
     return parse_config(cm["data"]["trailkeeper.yaml"], "deploy/k8s/configmap.yaml")
 
 
-def test_k8s_manifests_agree_with_the_config_and_the_image() -> None:
+def test_the_configmap_reads_tokens_and_key_from_the_mounted_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    docs = k8s_docs()
+    pod = docs["StatefulSet/trailkeeper"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    secret = docs["Secret/trailkeeper-secrets"]
+    (secret_volume,) = [
+        v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "trailkeeper-secrets"
+    ]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == secret_volume["name"]]
+    assert mount.get("readOnly") is True and "subPath" not in mount, "a subPath mount never sees a rotation"
+    text = docs["ConfigMap/trailkeeper-config"]["data"]["trailkeeper.yaml"]
+    # The in-pod default of the variable is the Secret's mount, and nothing else sets it.
+    defaults = dict(re.findall(r"\$\{([A-Z_]+):-([^}]*)\}", text))
+    assert defaults[SECRETS_DIR_VAR] == mount["mountPath"]
+    assert SECRETS_DIR_VAR not in {e["name"] for e in container.get("env", [])}
+    config = configmap_config(monkeypatch, tmp_path / "secrets")
+    # Both files are keys of the Secret: tokens from api-tokens, the signing key from signing-key.pem.
+    assert config.auth.tokens_file is not None and config.integrity.key_file is not None
+    assert config.auth.tokens_file.parent == config.integrity.key_file.parent == tmp_path / "secrets"
+    assert {config.auth.tokens_file.name, config.integrity.key_file.name} == {"api-tokens", "signing-key.pem"}
+    assert {"api-tokens", "signing-key.pem"} <= set(secret["stringData"])
+    # Secure as shipped: no anonymous ingest, and the key's record lives on the data volume.
+    assert config.auth.anonymous_ingest is False and config.auth.tokens == []
+    data = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "data")
+    assert config.integrity.keys_dir.is_relative_to(data)
+    # The Secret's comment describes the format tokens_file reads, not another one.
+    raw = (K8S / "secret.yaml").read_text()
+    assert "trailkeeper tokens create" in raw and "sha256" in raw
+    assert 'one "token role tenants" entry per line' not in raw
+
+
+def test_the_image_config_refuses_anonymous_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("TRAILKEEPER_"):
+            monkeypatch.delenv(name)
+    config = load_config(ROOT / "config" / "examples" / "container.yaml")
+    assert config.auth.anonymous_ingest is False
+    assert config.auth.tokens == [] and config.auth.tokens_file is None
+    assert config.integrity.key_file is None
+    assert config.integrity.keys_dir == Path("/var/lib/trailkeeper/keys")
+
+
+def test_k8s_manifests_agree_with_the_config_and_the_image(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     docs = k8s_docs()
     sts = docs["StatefulSet/trailkeeper"]
     pod = sts["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    config = configmap_config()
+    config = configmap_config(monkeypatch, tmp_path)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert config.ingest.http is not None and config.metrics.listen is not None
     assert split_listen(config.ingest.http.listen) == ("0.0.0.0", ports["http"])
@@ -324,9 +603,14 @@ def test_k8s_manifests_agree_with_the_config_and_the_image() -> None:
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
     assert config.journal.max_bytes < parse_size(claim["spec"]["resources"]["requests"]["storage"] + "B")
-    # The config file is mounted where the container's args say.
+    # The config file is a key of the ConfigMap mounted as a directory where the args say (a
+    # subPath mount would never see an update).
     args = container["args"]
-    assert mounts["config"]["mountPath"] == args[args.index("--config") + 1]
+    config_arg = Path(args[args.index("--config") + 1])
+    assert "subPath" not in mounts["config"]
+    assert config_arg.parent == Path(mounts["config"]["mountPath"])
+    assert config_arg.name in docs["ConfigMap/trailkeeper-config"]["data"]
+    assert config.config_watch is not None and config.config_watch <= 10
     # Same uid as the image, no root, read-only root filesystem, resource bounds.
     (user,) = [a for w, a in final_stage() if w == "USER"]
     sc = container["securityContext"]
