@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from daemon import telemetry
 from daemon.api.admin import AdminApi
 from daemon.api.audit import Auditor
-from daemon.api.auth import Authenticator
+from daemon.api.auth import Authenticator, Principal
 from daemon.api.errors import JsonErrorAppRunner, json_app
 from daemon.api.routes import ApiGuard, ProofProvider, QueryApi
 from daemon.archive.archiver import Archiver, Delivery, Listener
@@ -33,8 +33,10 @@ from daemon.archive.backup import Backup
 from daemon.archive.retention import Retention
 from daemon.archive.tracker import quarantine_delivery, tracker_delivery, tracker_filter
 from daemon.config import Config, ConfigError, TlsConfig, load_config
+from daemon.configwatch import ConfigWatch, fingerprint
 from daemon.decodepool import DecodePool, default_workers
 from daemon.events import Event
+from daemon.health import DownstreamHealth
 from daemon.index import CURSOR as INDEX_CURSOR
 from daemon.index import Classifier, IndexBackend, Indexer, IndexUnavailable, build_index
 from daemon.index.base import Classification, StoredEvent
@@ -50,12 +52,14 @@ from daemon.sources.base import QueueSource
 from daemon.sources.http import HttpIngest
 from daemon.sources.registry import build_source
 from daemon.stores import build_store
-from daemon.stores.base import Store, StoreError
+from daemon.stores.base import Store
 from daemon.telemetry import get_logger
 
 log = get_logger("app")
 
-STOP_GRACE_SECONDS = 30.0
+ADMIN_HEALTH_ROUTE = "/v1/admin/health"
+JOURNAL_WARN_FRACTION = 0.8  # /readyz warns from this share of the journal's budget
+STOP_CANCEL_SLACK = 0.5  # past the shutdown deadline, a component still in a store call is cancelled
 FORCE_AFTER_SECONDS = 1.0  # a second SIGTERM/SIGINT at least this long after the first forces exit
 
 
@@ -117,6 +121,12 @@ class App:
         self._stop_requested = asyncio.Event()
         self._first_signal: float | None = None
         self._reloads: set[asyncio.Task[bool]] = set()
+        # One reload at a time (SIGHUP, the admin API and the config watch may coincide):
+        # two would race to swap the notifier.
+        self._reload_lock = asyncio.Lock()
+        self.health = DownstreamHealth(self)
+        # Loops that only watch (health refresh, config watch): cancelled first on stop.
+        self._watch_tasks: list[asyncio.Task[None]] = []
         self.http_port: int | None = None
         self.metrics_port: int | None = None
 
@@ -133,6 +143,11 @@ class App:
 
     async def start(self) -> None:
         c = self.config
+        # Taken first: a change made while the components start is still seen as a change.
+        watch = await self._config_watch()
+        # Notification settings `check-config` refuses (templates, route patterns, TLS files)
+        # stop the start before anything is opened, as a ConfigError: exit 2, no traceback.
+        await asyncio.to_thread(notify_mod.check_notify, c.notify, self._config_source())
         # A bad certificate fails the start before anything is opened.
         http_tls = c.ingest.http.tls if c.ingest.http else None
         self._tls = _ssl_context(http_tls) if http_tls else None
@@ -167,7 +182,14 @@ class App:
             self._tasks.append(asyncio.create_task(self._guard(self.indexer.run(), INDEX_CURSOR)))
         # Worker processes for decoding request bodies and building archive files.
         workers = c.ingest.http.decode_workers if c.ingest.http else None
-        self.decode_pool = DecodePool(default_workers() if workers is None else workers)
+        if workers is None:
+            # Reading the cgroup files is a few small reads of /proc and /sys: not worth a thread.
+            usable = default_workers()
+            workers, why = usable.count, usable.reason
+        else:
+            why = "ingest.http.decode_workers in the config"
+        log.info("decode.workers", workers=workers, reason=why)
+        self.decode_pool = DecodePool(workers)
         await self.decode_pool.start()
         self.integrity = Integrity(c, self.stores, self.writer_id)
         await self.integrity.start()
@@ -189,6 +211,7 @@ class App:
         api = json_app(client_max_size=(c.ingest.http.max_body_bytes if c.ingest.http else 1024**2))
         api.router.add_get("/healthz", self._healthz)
         api.router.add_get("/readyz", self._readyz)
+        api.router.add_get("/healthz/downstream", self._downstream)
         if c.ingest.http is not None:
             auth = Authenticator(c.auth, c.ingest.http.tokens)
             auditor = Auditor(self.intake, c.auth.audit_tenant, self.writer_id)
@@ -209,11 +232,19 @@ class App:
                 ),
             ).add_routes(api)
             api.router.add_get(notify_mod.CONFIRM_ROUTE, self._confirm_subscription)
+            api.router.add_get(
+                ADMIN_HEALTH_ROUTE,
+                self.guard.protect(
+                    "admin", "getHealth", "health", self._admin_health, route=ADMIN_HEALTH_ROUTE
+                ),
+            )
             self.http_port = await self._listen(
                 api, c.ingest.http.listen, self._tls, where="ingest.http.listen"
             )
         if notify_mod.enabled(c.notify):
-            self.notifier = notify_mod.build(self.journal, c, state_dir, self._public_url(), self.rules)
+            self.notifier = notify_mod.build(
+                self.journal, c, state_dir, self._public_url(), self.rules, self._config_source()
+            )
             await self.notifier.start()
         for source_config in c.ingest.sources:
             source = build_source(source_config, self.intake, self.writer_id)
@@ -225,6 +256,9 @@ class App:
             metrics.router.add_get("/metrics", self._metrics)
             metrics.router.add_get("/healthz", self._healthz)
             self.metrics_port = await self._listen(metrics, c.metrics.listen, where="metrics.listen")
+        self._watch_tasks.append(asyncio.create_task(self._guard(self.health.run(), "health")))
+        if watch is not None:
+            self._watch_tasks.append(asyncio.create_task(self._guard(watch.run(), "config_watch")))
         # Everything built at startup (rules, templates, config) lives as long as the process:
         # move it out of the collector's reach so full collections stay short on the hot path.
         gc.collect()
@@ -237,6 +271,25 @@ class App:
             trackers=[t.name for t in c.trackers],
             sources=[s.name for s in self.sources],
         )
+
+    async def _config_watch(self) -> ConfigWatch | None:
+        """The watch of the config file (config_watch), or None when off or on the embedded default."""
+        interval = self.config.config_watch
+        if interval is None or self.config_path is None:
+            return None
+        config_file = Path(self.config_path)
+
+        def paths() -> list[Path]:
+            # The rule files in force, not those at start: a reload may name others.
+            return [config_file, *self.rules.config.files]
+
+        baseline = await asyncio.to_thread(fingerprint, paths())
+        log.info("config.watching", path=str(config_file), interval=interval)
+        return ConfigWatch(paths, interval, self.reload, baseline)
+
+    def _config_source(self) -> str:
+        """The config file as a ConfigError names it (as `check-config` does)."""
+        return self.config_path or "embedded default config"
 
     def _public_url(self, config: Config | None = None) -> str:
         c = config or self.config
@@ -317,33 +370,38 @@ class App:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
+        """Ready means "can accept events": the journal is writable and under its budget.
+
+        Stores, archivers, the index, sources and witnesses are not part of it: the journal
+        holds events through their outages, and a probe failing then would take the pod out
+        of its Service exactly when producers need it (see daemon.health).
+        """
         problems: list[str] = []
+        warnings: list[str] = []
+        used, budget = self.journal.bytes_used, self.journal.max_bytes
         if self.journal.failed is not None:
-            problems.append(f"journal write failed: {self.journal.failed}")
+            # Public: the error names the journal's files; the log line has it (journal.write_failed).
+            problems.append("journal write failed: see the daemon's journal.write_failed log line")
         elif not self.journal.writable():
-            problems.append(
-                f"journal at its budget ({self.journal.bytes_used} of {self.journal.max_bytes} bytes)"
-            )
-        if self.indexer is not None and not self.indexer.healthy:
-            problems.append(f"index {self.indexer.backend.name}: {self.indexer.last_error}")
-        for archiver in self.archivers:
-            if not archiver.healthy:
-                problems.append(f"archive {archiver.d.name}: {archiver.last_error}")
-        for source in self.sources:
-            if not source.healthy:
-                problems.append(f"source {source.name} ({source.type}): {source.last_error}")
-        # Witnesses are reported, never a reason to stop taking events: the chain keeps going
-        # and a later cosignature covers what was missed.
-        warnings = self.integrity.problems() if self.integrity is not None else []
-        for name, store in self.stores.items():
-            try:
-                await asyncio.wait_for(store.check(), timeout=5)
-            except (StoreError, TimeoutError) as exc:
-                problems.append(f"store {name}: {exc or 'timed out'}")
-        status = 503 if problems else 200
+            problems.append(f"journal at its budget ({used} of {budget} bytes)")
+        elif used >= JOURNAL_WARN_FRACTION * budget:
+            warnings.append(f"journal at {100 * used // budget}% of its budget; see GET /healthz/downstream")
         return web.json_response(
-            {"ready": not problems, "problems": problems, "warnings": warnings}, status=status
+            {"ready": not problems, "problems": problems, "warnings": warnings},
+            status=503 if problems else 200,
         )
+
+    async def _downstream(self, _request: web.Request) -> web.Response:
+        """Stores, archivers, the index and sources: 200 when all work, else 503 naming them.
+        Public, so in fixed words only; the errors themselves are in GET /v1/admin/health."""
+        report = await self.health.report()
+        return web.json_response(report.body(detailed=False), status=200 if report.healthy else 503)
+
+    async def _admin_health(self, _request: web.Request, _principal: Principal | None) -> web.Response:
+        """As /healthz/downstream, with each component's error and the witnesses' state (admin)."""
+        # 200 either way: this is a status query; 503 from an admin route means "not recorded".
+        report = await self.health.report()
+        return web.json_response(report.body(detailed=True))
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         body = generate_latest(telemetry.REGISTRY)
@@ -379,15 +437,19 @@ class App:
         Never raises: a bad config or bad rules are logged and the ones in force stay.
         Components other than the rules keep the config they started with.
         """
-        log.info("app.reloading", config=self.config_path or "embedded default")
-        try:
-            config = await asyncio.to_thread(load_config, self.config_path)
-        except ConfigError as exc:
-            log.error("app.reload_failed", problems=exc.problems, action="fix the file and send SIGHUP again")
-            return False
-        rules_ok = await self.rules.reload_async(config.rules)
-        notify_ok = await self._reload_notify(config)
-        return rules_ok and notify_ok
+        async with self._reload_lock:
+            log.info("app.reloading", config=self.config_path or "embedded default")
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                action = "fix the file" + (
+                    " (reloaded when it changes)" if self.config.config_watch else " and send SIGHUP again"
+                )
+                log.error("app.reload_failed", problems=exc.problems, action=action)
+                return False
+            rules_ok = await self.rules.reload_async(config.rules)
+            notify_ok = await self._reload_notify(config)
+            return rules_ok and notify_ok
 
     async def _reload_notify(self, config: Config) -> bool:
         """Swap topics, subscriptions and routes: build the new notifier first, so a bad
@@ -407,6 +469,7 @@ class App:
                     self.config.journal.dir / "state",
                     self._public_url(config),
                     self.rules,
+                    self._config_source(),
                 )
         except Exception as exc:
             log.error("notify.reload_failed", error=str(exc), action="fix the file and send SIGHUP again")
@@ -426,8 +489,27 @@ class App:
         )
         return True
 
-    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Stop intake, store open files (waiting up to ``grace`` s for a failing store), close."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop intake, store open files and write the chain-end digests, then close.
+
+        ``grace`` (default: the config's shutdown_grace) bounds the whole shutdown, not
+        each stage: the deadline is set once and every stage that may wait on a store
+        (archivers, sweeps and backups, digests) gets only what is left of it. Past it,
+        what is not stored stays in the journal (archiver intents, pending digests) and
+        is finished on the next start.
+        """
+        deadline = time.monotonic() + (self.config.shutdown_grace if grace is None else grace)
+        # Components give up by themselves at the deadline (after a failed try, never in the
+        # middle of one); this later cut-off cancels one stuck inside a store call.
+        cutoff = deadline + STOP_CANCEL_SLACK
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        for task in self._watch_tasks:
+            task.cancel()
+        await asyncio.gather(*self._watch_tasks, return_exceptions=True)
+        self._watch_tasks.clear()
         await asyncio.gather(*(source.stop() for source in self.sources), return_exceptions=True)
         self.sources.clear()
         for runner in self._runners:
@@ -439,23 +521,20 @@ class App:
             if aux is not None:
                 aux.stop()
         for archiver in self.archivers:
-            archiver.stop(deadline=grace)
+            archiver.stop(deadline=left())
         if self.indexer is not None:
             self.indexer.stop()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._aux_tasks:
-            # A sweep or a backup round may be waiting on a slow store: it is safe to cut
-            # short (both record progress durably and resume on the next start).
-            _done, pending = await asyncio.wait(self._aux_tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._aux_tasks, return_exceptions=True)
+        # The archivers give up between two tries at the deadline; one stuck inside a store
+        # call (a connect or read timeout) is cancelled there: its intent stays recorded.
+        await _finish_by(self._tasks, cutoff)
+        # A sweep or a backup round may be waiting on a slow store: it is safe to cut
+        # short (both record progress durably and resume on the next start).
+        await _finish_by(self._aux_tasks, deadline)
         if self.index is not None:
             await self.index.close()
         if self.integrity is not None:
             # After the archivers: the chain-end digest must list their last files.
-            await self.integrity.stop(grace)
+            await self.integrity.stop(left(), wait=max(0.0, cutoff - time.monotonic()))
         await self.journal.close()
         if self.decode_pool is not None:
             await self.decode_pool.close()
@@ -476,6 +555,16 @@ class App:
             await self._stop_requested.wait()
         finally:
             await self.stop()
+
+
+async def _finish_by(tasks: list[asyncio.Task[None]], deadline: float) -> None:
+    """Wait for ``tasks`` until the monotonic ``deadline``, then cancel those still running."""
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:

@@ -212,6 +212,12 @@ class Config(Strict):
     writer_id: str | None = Field(default=None, pattern=_NAME)
     """Identifies this replica in archive keys and digest chains. Unset: a random id is
     generated once and kept in the journal directory, so it survives restarts."""
+    shutdown_grace: Duration = Field(default=30.0, gt=0)
+    """Longest time SIGTERM waits, in total, to store open archive files and write the
+    chain-end digests before the process exits. One budget for every stage: a store that
+    stays down does not make each stage wait its own. What is not stored by then stays in
+    the journal and is archived on the next start (deterministic keys: once in the store).
+    Keep it below the orchestrator's kill timeout (Kubernetes terminationGracePeriodSeconds)."""
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     """Sources that accept events."""
     journal: JournalConfig = Field(default_factory=JournalConfig)
@@ -240,6 +246,20 @@ class Config(Strict):
     """Structured logging."""
     integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
     """Signing keys and digest chains that make the archive tamper-evident."""
+    config_watch: Duration | None = None
+    """Poll the config file (and the rule files it names) this often and reload when their
+    content changes, as SIGHUP does; null: reload on SIGHUP only. Follows symlinks on every
+    poll, so a Kubernetes ConfigMap mounted as a directory (not with subPath) is picked up
+    after the kubelet's update; the shipped manifests set 5s. A content that fails to load
+    is logged once and the config in force stays. Off by default, because an editor saving
+    in place could have a half-written file loaded. This key itself is read at start only."""
+
+    @field_validator("config_watch")
+    @classmethod
+    def _watch_interval(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be above 0 (such as 5s); write null to reload on SIGHUP only")
+        return value
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -135,6 +135,15 @@ STORE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+# --- downstream health (what GET /healthz/downstream reports) -------------------------------
+DOWNSTREAM_HEALTHY = Gauge(
+    "trailkeeper_downstream_healthy",
+    "1 while a component behind the journal works, 0 while it fails, by component (store, "
+    "archive, index, source) and name; refreshed every few seconds.",
+    ["component", "name"],
+    registry=REGISTRY,
+)
+
 # --- retention ------------------------------------------------------------------------------
 RETENTION_DELETED = Counter(
     "trailkeeper_retention_deleted_total",
@@ -276,42 +285,53 @@ RULES_RELOADS = Counter(
 
 
 # --- notifications --------------------------------------------------------------------------
-# Labels: topic and protocol are config names (bounded); never subscriber or event values.
+# Labels: topic, subscription and protocol are config names (bounded by the config); never
+# subscriber or event values. By subscription, so a dead endpoint beside a healthy one in the
+# same topic shows as what it is.
+_SUB = ["topic", "subscription", "protocol"]
 NOTIFY_SENT = Counter(
     "trailkeeper_notify_sent_total",
-    "Notifications delivered, by topic and protocol.",
-    ["topic", "protocol"],
+    "Notifications delivered, by topic, subscription and protocol.",
+    _SUB,
     registry=REGISTRY,
 )
 NOTIFY_FAILED = Counter(
     "trailkeeper_notify_failed_total",
-    "Failed delivery attempts, by topic, protocol and reason (connect, timeout, tls, http_4xx, "
-    "http_5xx, throttled, rejected, smtp, sns).",
-    ["topic", "protocol", "reason"],
+    "Failed delivery attempts, by topic, subscription, protocol and reason (connect, timeout, "
+    "tls, http_4xx, http_5xx, throttled, rejected, smtp, sns).",
+    [*_SUB, "reason"],
     registry=REGISTRY,
 )
 NOTIFY_RETRIED = Counter(
     "trailkeeper_notify_retried_total",
-    "Delivery attempts that were retries, by topic and protocol.",
-    ["topic", "protocol"],
+    "Delivery attempts that were retries, by topic, subscription and protocol.",
+    _SUB,
     registry=REGISTRY,
 )
 NOTIFY_DEAD_LETTERED = Counter(
     "trailkeeper_notify_dead_lettered_total",
-    "Notifications parked in the dead-letter store, by topic and protocol.",
-    ["topic", "protocol"],
+    "Notifications parked in the dead-letter store, by topic, subscription and protocol.",
+    _SUB,
+    registry=REGISTRY,
+)
+NOTIFY_DEAD_LETTERS = Gauge(
+    "trailkeeper_notify_dead_letters",
+    "Notifications in the dead-letter store now, by topic, subscription and protocol: read from "
+    "the outbox at start and every second, so a restart, a replay or a purge shows at once.",
+    _SUB,
     registry=REGISTRY,
 )
 NOTIFY_QUEUE_DEPTH = Gauge(
     "trailkeeper_notify_queue_depth",
-    "Notifications waiting in the outboxes, by topic and protocol.",
-    ["topic", "protocol"],
+    "Notifications waiting in the outbox (pending), by topic, subscription and protocol.",
+    _SUB,
     registry=REGISTRY,
 )
 NOTIFY_LATENCY = Histogram(
     "trailkeeper_ingest_to_notify_seconds",
-    "Time from ingest of the (first) event to delivery of its notification.",
-    ["topic", "protocol"],
+    "Time from ingest of the (first) event to delivery of its notification, by topic, "
+    "subscription and protocol.",
+    _SUB,
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
@@ -409,6 +429,20 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+
+
+# Libraries that log each retry, connection and signature at DEBUG/INFO through stdlib logging.
+_CLI_QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3", "aiohttp", "asyncio")
+
+
+def configure_cli_logging() -> None:
+    """Logging for the one-shot commands (validate, send, query, ...): warnings and errors
+    only, on stderr. Their output is the report on stdout and one error line on stderr;
+    a retry inside a store call is no news to the operator running them."""
+    configure_logging("warning", "console")
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in _CLI_QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def get_logger(component: str) -> Any:

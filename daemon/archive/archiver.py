@@ -193,9 +193,11 @@ class Archiver:
     async def run(self) -> None:
         """Deliver until ``stop``; then store every open batch (store permitting) and return."""
         await asyncio.to_thread(self.state.load)
-        await self._redo_pending()
-        reader = self.journal.reader(self.d.cursor)
+        reader: JournalReader | None = None
         try:
+            # Inside the try: a stop while the store is still down gives up here too.
+            await self._redo_pending()
+            reader = self.journal.reader(self.d.cursor)
             await self._loop(reader)
         except _GiveUp:
             log.warning(
@@ -207,7 +209,8 @@ class Archiver:
             if self._inflight is not None and not self._inflight.done():
                 # Its intent stays recorded: the next start stores the file again.
                 self._inflight.cancel()
-            reader.close()
+            if reader is not None:
+                reader.close()
             telemetry.ARCHIVE_OPEN_EVENTS.labels(tracker=self.d.name).set(0)
 
     async def _loop(self, reader: JournalReader) -> None:
@@ -247,7 +250,12 @@ class Archiver:
         self._stopping.set()
 
     def _past_deadline(self) -> bool:
-        return self._stop_deadline is not None and time.monotonic() > self._stop_deadline
+        return self._stop_deadline is not None and time.monotonic() >= self._stop_deadline
+
+    def _until_deadline(self) -> float:
+        if self._stop_deadline is None:
+            return float("inf")
+        return max(0.0, self._stop_deadline - time.monotonic())
 
     @property
     def healthy(self) -> bool:
@@ -389,6 +397,9 @@ class Archiver:
                 if self._stopping.is_set() and self._past_deadline():
                     raise _GiveUp() from exc
                 await self._sleep(delay)
+                # The backoff may end at the deadline: no try after it.
+                if self._stopping.is_set() and self._past_deadline():
+                    raise _GiveUp() from exc
                 delay = min(delay * 2, RETRY_MAX)
         if self._failing_since is not None:
             log.info(
@@ -442,13 +453,14 @@ class Archiver:
             )
 
     async def _sleep(self, seconds: float) -> None:
-        # Wake early on stop so shutdown does not wait out a long backoff.
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except TimeoutError:
-            return
-        if self._stop_deadline is None or not self._past_deadline():
-            await asyncio.sleep(min(seconds, 0.5))
+        # Wake early on stop so shutdown does not wait out a long backoff; once stopping,
+        # retry often but never sleep past the stop deadline, so giving up is on time.
+        if not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            except TimeoutError:
+                return
+        await asyncio.sleep(min(seconds, 0.5, self._until_deadline()))
 
     async def _commit(self, next_offset: int) -> None:
         self._last_commit = time.monotonic()

@@ -18,6 +18,7 @@ from daemon.integrity.keys import KeyError_, KeyStore, load_verifiers
 from daemon.integrity.trust import Trust
 from daemon.stores.base import Store, StoreError
 from daemon.stores.local import LocalStore, LocalStoreConfig
+from daemon.telemetry import configure_cli_logging
 from daemon.units import parse_duration
 
 
@@ -342,6 +343,7 @@ def _guard(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         from daemon.integrity.prove import ProveError
 
+        configure_cli_logging()
         try:
             result: int = func(args)
             return result

@@ -336,15 +336,26 @@ class DigestWriter:
                         error=str(exc),
                         detail="retrying; the digest stays pending locally until the store takes it",
                     )
-                if self._deadline is not None and time.monotonic() > self._deadline:
+                if self._past_deadline():
                     raise _GiveUp() from exc
-                try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
-                    if self._deadline is not None:
-                        await asyncio.sleep(min(delay, 0.5))
-                except TimeoutError:
-                    pass
+                if not self._stop.is_set():
+                    # Woken early by stop, so shutdown does not wait out a long backoff.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                if self._stop.is_set():
+                    # Retry often, but never sleep past the deadline: giving up is on time.
+                    await asyncio.sleep(min(delay, 0.5, self._until_deadline()))
+                    if self._past_deadline():
+                        raise _GiveUp() from exc
                 delay = min(delay * 2, 30.0)
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _until_deadline(self) -> float:
+        if self._deadline is None:
+            return float("inf")
+        return max(0.0, self._deadline - time.monotonic())
 
 
 class _GiveUp(Exception):

@@ -126,13 +126,29 @@ class Integrity:
     def listeners(self, delivery: str) -> list[Listener]:
         return [self.recorder.on_stored] if delivery in self.writers else []
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Write each chain's end digest, retrying a failing store for up to ``grace`` s."""
+    async def stop(self, grace: float | None = None, wait: float | None = None) -> None:
+        """Write each chain's end digest, retrying a failing store for up to ``grace`` s.
+
+        After ``wait`` s (default: ``grace``) a writer still inside a store call is
+        cancelled; its digest, saved as pending before the put, is written on the next start.
+        """
         for dw in self.writers.values():
             dw.stop(grace)
+        wait = grace if wait is None else wait
+        if wait is not None and self._tasks:
+            # The writers give up by themselves after a failed try past their deadline;
+            # this cuts short one stuck inside a call (a connect or read timeout).
+            _done, pending = await asyncio.wait(self._tasks, timeout=wait)
+            for task in pending:
+                log.warning(
+                    "integrity.stop_incomplete",
+                    task=task.get_name(),
+                    detail="the store did not answer in time; the pending digest is put on the next start",
+                )
+                task.cancel()
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         for r in results:
-            if isinstance(r, BaseException):
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                 log.error("integrity.stop_failed", error=str(r))
         for dw in self.writers.values():
             if dw.publisher is not None:

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import os
 import re
 import time
 import zlib
@@ -48,6 +47,7 @@ import zstandard
 
 from daemon.archive.fileformat import FileFormatError, decompress, split_records
 from daemon.archive.keys import CHECKPOINT_DIR
+from daemon.cpus import usable_cpus
 from daemon.integrity import merkle
 from daemon.integrity.checkpoint import (
     BadSignature,
@@ -207,7 +207,7 @@ class Validator:
         self.trusted_notes = trusted or []
         self.max_age = max_age
         self.since = since
-        self.workers = workers or min(8, (os.cpu_count() or 2))
+        self.workers = workers or min(8, usable_cpus().count)
         self.progress = progress
         self.now = now if now is not None else time.time()
         self.digest_interval = digest_interval

@@ -21,11 +21,14 @@ import base64
 import datetime as dt
 import hashlib
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Final, Literal, TypeVar
+from urllib.parse import urlsplit
 
+import aiohttp
 import botocore.exceptions as bexc
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -361,11 +364,43 @@ class S3Store:
             return StoreUnavailable(
                 self.name,
                 f"{what}: {type(exc).__name__}: {exc}",
-                hint="the server is unreachable or slow; retrying with backoff",
+                hint=self._dns_hint(exc) or "the server is unreachable or slow; retrying with backoff",
             )
         if isinstance(exc, bexc.BotoCoreError):
             return StorePermanentError(self.name, f"{what}: {type(exc).__name__}: {exc}")
         return StoreUnavailable(self.name, f"{what}: {type(exc).__name__}: {exc}")
+
+    def _dns_hint(self, exc: BaseException) -> str | None:
+        """The fix for a host name that does not resolve, or None if ``exc`` is no DNS failure.
+
+        Virtual-hosted addressing puts the bucket in the host name (``bucket.host``), which
+        self-hosted servers and their DNS rarely serve: that case names addressing_style.
+        """
+        host: str | None = None
+        dns = False
+        seen: set[int] = set()
+        cause: BaseException | None = exc
+        while cause is not None and id(cause) not in seen:
+            seen.add(id(cause))
+            if isinstance(cause, bexc.EndpointConnectionError):
+                host = urlsplit(str(cause.kwargs.get("endpoint_url", ""))).hostname or host
+            if isinstance(cause, aiohttp.ClientConnectorDNSError):
+                dns, host = True, cause.host or host
+            if isinstance(cause, socket.gaierror):
+                dns = True
+            cause = cause.__cause__ or cause.__context__
+        if not dns:
+            return None
+        where = f"stores.{self.name}"
+        if host and host.lower().startswith(f"{self.bucket.lower()}."):
+            chosen = "virtual" if self.config.addressing_style == "virtual" else "auto (virtual-hosted here)"
+            return (
+                f"host {host!r} does not resolve: with addressing_style {chosen} the bucket is "
+                f"part of the host name; set {where}.addressing_style: path for MinIO, Ceph and "
+                "most self-hosted servers (or add a DNS name for each bucket)"
+            )
+        named = f"host {host!r}" if host else "the server's host name"
+        return f"{named} does not resolve: check {where}.endpoint_url and this host's DNS"
 
     async def _call(self, operation: str, action: str, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``fn(client)`` with retries for retryable failures; raise a typed StoreError."""

@@ -74,19 +74,27 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
     ]),
     ("Notifications", [
         ("Delivered / s", "ops", [
-            ("{{topic}} {{protocol}}",
-             f"sum by (topic, protocol) (rate(trailkeeper_notify_sent_total{{{SEL}}}[$__rate_interval]))"),
+            ("{{topic}}/{{subscription}} {{protocol}}",
+             "sum by (topic, subscription, protocol) "
+             f"(rate(trailkeeper_notify_sent_total{{{SEL}}}[$__rate_interval]))"),
         ]),
         ("Failed attempts / s", "ops", [
-            ("{{topic}} {{protocol}} {{reason}}",
-             f"sum by (topic, protocol, reason) (rate(trailkeeper_notify_failed_total{{{SEL}}}[$__rate_interval]))"),
-        ]),
-        ("Dead-lettered (interval)", "short", [
-            ("{{topic}} {{protocol}}",
-             f"sum by (topic, protocol) (increase(trailkeeper_notify_dead_lettered_total{{{SEL}}}[$__range]))"),
+            ("{{topic}}/{{subscription}} {{reason}}",
+             "sum by (topic, subscription, reason) "
+             f"(rate(trailkeeper_notify_failed_total{{{SEL}}}[$__rate_interval]))"),
         ]),
         ("Outbox depth", "short", [
-            ("{{topic}} {{protocol}}", f"max by (topic, protocol) (trailkeeper_notify_queue_depth{{{SEL}}})"),
+            ("{{topic}}/{{subscription}}",
+             f"max by (topic, subscription) (trailkeeper_notify_queue_depth{{{SEL}}})"),
+        ]),
+        ("In the dead-letter store", "short", [
+            ("{{topic}}/{{subscription}}",
+             f"max by (topic, subscription) (trailkeeper_notify_dead_letters{{{SEL}}})"),
+        ]),
+        ("Dead-lettered (interval)", "short", [
+            ("{{topic}}/{{subscription}}",
+             "sum by (topic, subscription) "
+             f"(increase(trailkeeper_notify_dead_lettered_total{{{SEL}}}[$__range]))"),
         ]),
     ]),
     ("Integrity", [

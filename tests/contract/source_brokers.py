@@ -507,7 +507,7 @@ class DaemonProcess:
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.metrics_port = 0
-        self.http_port = 0  # set when the config enables the HTTP API (/readyz lives there)
+        self.http_port = 0  # set when the config enables the HTTP API (the health endpoints live there)
 
     async def start(self, timeout: float = 30) -> None:
         import orjson
@@ -558,16 +558,23 @@ class DaemonProcess:
         return 0.0
 
     async def ready(self) -> tuple[bool, list[str]]:
-        """/readyz: whether the daemon says it is ready, and the problems it names when not."""
+        """/readyz: whether the daemon can accept events, and the problems it names when not."""
+        return await self._health("/readyz", "ready")
+
+    async def downstream(self) -> tuple[bool, list[str]]:
+        """/healthz/downstream: whether stores, archivers and sources work, and which do not."""
+        return await self._health("/healthz/downstream", "healthy")
+
+    async def _health(self, path: str, flag: str) -> tuple[bool, list[str]]:
         import aiohttp
 
         assert self.http_port, "the daemon's config has no HTTP API"
         async with (
             aiohttp.ClientSession() as s,
-            s.get(f"http://127.0.0.1:{self.http_port}/readyz") as r,
+            s.get(f"http://127.0.0.1:{self.http_port}{path}") as r,
         ):
             doc = await r.json()
-        return r.status == 200 and bool(doc["ready"]), list(doc["problems"])
+        return r.status == 200 and bool(doc[flag]), list(doc["problems"])
 
     async def kill9(self) -> None:
         assert self.proc is not None

@@ -6,8 +6,9 @@ append-only file fsynced on every write, nats-server with JetStream file
 storage, a RabbitMQ node of its own with a quorum queue. The daemon runs as a
 real process. Partway through consumption the broker is shut down (SIGTERM,
 its own orderly shutdown), stays away a few seconds, and is started again on
-the same port with the same data. The daemon must notice (``/readyz`` names
-the source as not ready), reconnect by itself (``/readyz`` ready again, the
+the same port with the same data. The daemon must notice (``/healthz/downstream``
+names the source while ``/readyz`` stays ready: the journal still takes HTTP events),
+reconnect by itself (``/healthz/downstream`` healthy again, the
 reconnect counter up, a second ``source.connected``), and every event must be
 archived exactly once with nothing left unacknowledged in the broker.
 
@@ -111,25 +112,35 @@ async def test_broker_restart_mid_stream_reconnects_by_itself_and_loses_nothing(
         return await daemon.metric("trailkeeper_source_messages_acked_total", label)
 
     async def ready() -> bool:
-        return (await daemon.ready())[0]
+        return (await daemon.downstream())[0]
 
     async def not_ready_for_the_source() -> bool:
-        ok, problems = await daemon.ready()
+        ok, problems = await daemon.downstream()
         return not ok and any(p.startswith(f"source {name} ") for p in problems)
 
     try:
-        await wait_until(ready, 30, "the daemon ready (the source connected)", 0.1)
+        # The gauge, not the downstream report: that one is shared for a few seconds, long
+        # enough for a fast source to finish the whole stream before the broker is stopped.
+        await wait_until(
+            lambda: _at_least(lambda: daemon.metric("trailkeeper_source_connected", label), 1),
+            30,
+            "the source connected",
+            0.05,
+        )
         await wait_until(lambda: _at_least(acked, EVENTS // 10), 60, "a tenth of the messages acked", 0.02)
         await server.stop()
         down_at = time.monotonic()
         at_stop = await acked()
         assert at_stop < EVENTS, f"the broker must stop mid-stream; {at_stop} of {EVENTS} acked already"
-        await wait_until(not_ready_for_the_source, 30, "/readyz to name the lost source", 0.1)
+        await wait_until(not_ready_for_the_source, 30, "/healthz/downstream to name the lost source", 0.1)
+        healthy_gauge = f'component="source",name="{name}"'
         assert await daemon.metric("trailkeeper_source_connected", label) == 0
+        assert await daemon.metric("trailkeeper_downstream_healthy", healthy_gauge) == 0
+        assert (await daemon.ready())[0], "a lost queue source must not take HTTP ingest out of service"
         await asyncio.sleep(DOWN_FOR)
         await server.start()
         await broker.reopen()
-        await wait_until(ready, 60, "the source to reconnect by itself (/readyz ready again)", 0.2)
+        await wait_until(ready, 60, "the source to reconnect by itself (downstream healthy again)", 0.2)
         outage = time.monotonic() - down_at
         await wait_until(
             lambda: sum(archived_ids(tmp_path / "d1" / "archive").values()) >= EVENTS,
@@ -143,6 +154,7 @@ async def test_broker_restart_mid_stream_reconnects_by_itself_and_loses_nothing(
         # spinning on the refused connection (thousands).
         assert 1 <= reconnects <= 5 + outage, f"{reconnects} reconnect attempts in a {outage:.1f}s outage"
         assert await daemon.metric("trailkeeper_source_connected", label) == 1
+        assert await daemon.metric("trailkeeper_downstream_healthy", healthy_gauge) == 1
     finally:
         rc = await daemon.terminate()
     assert rc == 0

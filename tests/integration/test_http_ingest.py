@@ -164,7 +164,15 @@ async def test_budget_pushback_503_with_retry_after(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{app.http_port}/readyz") as resp:
             assert resp.status == 503
             problems = (await resp.json())["problems"]
-            assert any("archive default" in p for p in problems)
+            assert any("budget" in p for p in problems), problems
+        # Why the journal filled up is the downstream view's to say, not readiness'.
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{app.http_port}/healthz/downstream") as resp,
+        ):
+            assert resp.status == 503
+            problems = (await resp.json())["problems"]
+            assert any(p.startswith(("archive default", "store dead")) for p in problems), problems
     finally:
         await app.stop(grace=0.5)
 

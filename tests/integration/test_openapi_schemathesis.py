@@ -44,6 +44,8 @@ def test_document_in_the_repo_describes_every_route() -> None:
         "/openapi.json",
         "/healthz",
         "/readyz",
+        "/healthz/downstream",
+        "/v1/admin/health",
     }
     assert set(doc["paths"]["/v1/events"]) == {"get", "post"}
 

@@ -5,6 +5,7 @@ passes from the first minute; and a witness that never answers shows on /readyz.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -73,17 +74,20 @@ def test_an_archive_younger_than_its_first_interval_validates(
     assert code == 0 and "pending" not in report["counts"], report
 
 
-async def test_a_witness_that_never_cosigns_is_reported_on_readyz_and_in_metrics(
+async def test_a_witness_that_never_cosigns_is_reported_in_health_and_in_metrics(
     daemon_process: Any, tmp_path: Path
 ) -> None:
     vkey = Cosigner("down.witness.test/w", Ed25519PrivateKey.generate()).key.vkey()
     dead = f"http://127.0.0.1:{free_port()}"
+    admin = "young-archive-admin-token"
+    digest = hashlib.sha256(admin.encode()).hexdigest()
     d = daemon_process(
         metrics=True,
         integrity=(
             "integrity:\n  digest_interval: 1s\n  witness_alert_after: 2\n"
             f"  witnesses: [{{url: '{dead}', vkey: '{vkey}', timeout: 1s}}]\n"
         ),
+        auth=f"auth:\n  tokens: [{{name: admin, sha256: {digest}, role: admin, tenants: ['*']}}]\n",
     )
     d.start()
     problems: list[str] = []
@@ -91,14 +95,22 @@ async def test_a_witness_that_never_cosigns_is_reported_on_readyz_and_in_metrics
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
             async with s.get(f"{d.url}/readyz") as resp:
+                ready = await resp.json()
+                # A silent witness never takes ingest out of service.
+                assert resp.status == 200 and ready["ready"], ready
+            async with s.get(f"{d.url}/v1/admin/health", headers={"Authorization": f"Bearer {admin}"}) as resp:
                 body = await resp.json()
-                # A silent witness is a warning: ingest stays in service.
-                assert resp.status == 200 and body["ready"], body
+                assert resp.status == 200, body
             problems = [p for p in body["warnings"] if "witness" in p]
             if problems:
                 break
             await asyncio.sleep(0.3)
         assert problems and "down.witness.test/w" in problems[0] and "cannot reach" in problems[0]
+        async with s.get(f"{d.url}/healthz/downstream") as resp:
+            public = await resp.json()
+        # A warning, not a failure; the public answer counts it without naming the witness.
+        assert resp.status == 200 and public["healthy"], public
+        assert public["warnings"] and dead not in str(public) and "down.witness.test" not in str(public)
         async with s.get(f"http://127.0.0.1:{d.metrics_port}/metrics") as resp:
             metrics = await resp.text()
     assert 'trailkeeper_witness_requests_total{result="unavailable",tracker="default",witness="down.witness.test/w"}' in metrics
