@@ -12,11 +12,18 @@ import asyncio
 import os
 import ssl
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 
 from daemon.index.query import EXACT_FILTERS
+
+if TYPE_CHECKING:
+    import aiohttp
+
+EVENTS_PATH = "/v1/events"
+DEFAULT_URL = "http://127.0.0.1:8787"
 
 TABLE_COLUMNS = (
     "time",
@@ -31,6 +38,139 @@ TABLE_COLUMNS = (
 )
 
 
+# --- talking to a daemon (shared by `query` and `send`) ------------------------------------------
+
+
+class ApiClientError(Exception):
+    """A request to the daemon failed; ``str()`` is one line naming the URL and what to do."""
+
+
+def base_url(url: str) -> str:
+    """The daemon's base URL from what the operator typed: ``http(s)://host:port``, with or
+    without a path prefix (a reverse proxy's), and with or without ``/v1/events`` at the end.
+
+    Raises ApiClientError for anything but an http(s) URL with a host.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ApiClientError(
+            f"--url {url!r} is not the daemon's base URL: give http(s)://HOST:PORT "
+            f"(for example {DEFAULT_URL}); {EVENTS_PATH} is added"
+        )
+    path = parts.path.rstrip("/")
+    path = path.removesuffix(EVENTS_PATH)
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def client_ssl(url: str, cafile: str | None) -> ssl.SSLContext | bool:
+    """The TLS context for ``url``: the system's CAs, or only ``cafile`` when given."""
+    if cafile is None:
+        return True
+    if not url.startswith("https://"):
+        raise ApiClientError(f"--cafile {cafile} is for an https:// URL; {url} is plain http")
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ApiClientError(f"--cafile {cafile}: cannot load it as a PEM CA bundle ({reason})") from exc
+
+
+def connection_error(url: str, exc: BaseException) -> ApiClientError:
+    """One line for a request that got no HTTP answer (TLS, refused, DNS, reset, timeout)."""
+    import aiohttp
+
+    https = url.startswith("https://")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert = exc.certificate_error
+        reason = getattr(cert, "verify_message", None) or str(cert)
+        return ApiClientError(
+            f"{url}: the daemon's TLS certificate is not trusted ({reason}): pass --cafile with "
+            "the CA certificate (or the self-signed certificate) it uses"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError | ssl.SSLError):
+        return ApiClientError(
+            f"{url}: TLS handshake failed ({_reason(exc)}): if the daemon serves plain HTTP "
+            "(no ingest.http.tls), use an http:// URL"
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return ApiClientError(f"{url}: host {exc.host!r} does not resolve: check the host name in --url")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ApiClientError(
+            f"{url}: cannot connect ({_reason(exc)}): is the daemon running and listening there "
+            "(ingest.http.listen)? check the host and port in --url"
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | ConnectionError):
+        hint = "" if https else "; if the daemon serves TLS (ingest.http.tls), use an https:// URL"
+        return ApiClientError(f"{url}: the server closed the connection without an answer{hint}")
+    if isinstance(exc, TimeoutError):
+        return ApiClientError(f"{url}: no answer in time: is the daemon overloaded or the URL wrong?")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ApiClientError(f"{url}: not a valid URL")
+    return ApiClientError(f"{url}: request failed ({type(exc).__name__}: {_reason(exc)})")
+
+
+def http_error(
+    url: str, status: int, reason: str | None, body: bytes, retry_after: str | None
+) -> ApiClientError:
+    """One line for an HTTP answer that is not the one expected: the daemon's JSON error
+    when there is one, else a sign that --url points at something other than the daemon."""
+    message: str | None = None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        message = doc["error"]
+    if message is None:
+        snippet = body[:60].decode("utf-8", "replace").strip().replace("\n", " ")
+        return ApiClientError(
+            f"{url}: HTTP {status} {reason or ''}".rstrip()
+            + f" with a body that is not the daemon's JSON ({snippet!r}): is --url the "
+            "daemon's ingest listener (ingest.http.listen)?"
+        )
+    hint = {
+        401: "pass a valid token with --token (or TRAILKEEPER_TOKEN)",
+        403: "this token's role or tenants do not allow it: use a token that does",
+    }.get(status, "")
+    if retry_after and status in (429, 503):
+        hint = f"retry after {retry_after} s"
+    text = " ".join(message.split())
+    return ApiClientError(f"{url}: HTTP {status}: {text}" + (f" ({hint})" if hint else ""))
+
+
+def _reason(exc: BaseException) -> str:
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return os_error.strerror
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+async def _get_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    context: ssl.SSLContext | bool,
+    params: dict[str, str] | None = None,
+) -> Any:
+    """GET ``url`` and return its JSON body; anything else raises ApiClientError."""
+    import aiohttp
+
+    try:
+        async with session.get(url, params=params, ssl=context) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise http_error(url, resp.status, resp.reason, body, resp.headers.get("Retry-After"))
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise connection_error(url, exc) from exc
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise http_error(url, 200, "OK", body, None) from exc
+
+
+# --- query -------------------------------------------------------------------------------------
+
+
 def register(subparsers: Any) -> None:
     """Add ``query`` to the ``trailkeeper`` command line."""
     p = subparsers.add_parser(
@@ -39,7 +179,9 @@ def register(subparsers: Any) -> None:
         description="Query recent events, newest first. The token comes from --token or TRAILKEEPER_TOKEN.",
     )
     p.add_argument(
-        "--url", default=os.environ.get("TRAILKEEPER_URL", "http://127.0.0.1:8787"), help="API base URL"
+        "--url",
+        default=os.environ.get("TRAILKEEPER_URL", DEFAULT_URL),
+        help=f"the daemon's base URL, as for send (default: $TRAILKEEPER_URL or {DEFAULT_URL})",
     )
     p.add_argument(
         "--token", default=None, help="auditor or admin bearer token (default: $TRAILKEEPER_TOKEN)"
@@ -58,6 +200,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from daemon.telemetry import configure_cli_logging
+
+    configure_cli_logging()
     token = args.token or os.environ.get("TRAILKEEPER_TOKEN")
     if not token:
         print("error: a token is required (--token or TRAILKEEPER_TOKEN)", file=sys.stderr)
@@ -77,18 +222,25 @@ def _params(args: argparse.Namespace) -> dict[str, str]:
 
 
 async def _run(args: argparse.Namespace, token: str) -> int:
+    """The query; 0 on success, 1 with one line on stderr when the daemon cannot answer it."""
+    try:
+        return await _query(args, token)
+    except ApiClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _query(args: argparse.Namespace, token: str) -> int:
+    from urllib.parse import quote
+
     import aiohttp
 
-    context: ssl.SSLContext | bool = ssl.create_default_context(cafile=args.cafile) if args.cafile else True
+    base = base_url(args.url)
+    context = client_ssl(base, args.cafile)
     headers = {"Authorization": f"Bearer {token}"}
-    base = args.url.rstrip("/")
     async with aiohttp.ClientSession(headers=headers) as session:
         if args.event_id:
-            async with session.get(f"{base}/v1/events/{args.event_id}", ssl=context) as resp:
-                doc = await resp.json(content_type=None)
-                if resp.status != 200:
-                    print(f"error: {resp.status} {doc.get('error', doc)}", file=sys.stderr)
-                    return 1
+            doc = await _get_json(session, f"{base}{EVENTS_PATH}/{quote(args.event_id, safe='')}", context)
             sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
             return 0
         params = _params(args)
@@ -98,18 +250,16 @@ async def _run(args: argparse.Namespace, token: str) -> int:
         while True:
             page_limit = min(1000, args.limit - shown) if not args.all else 1000
             query = {**params, "limit": str(max(1, page_limit)), **({"cursor": cursor} if cursor else {})}
-            async with session.get(f"{base}/v1/events", params=query, ssl=context) as resp:
-                doc = await resp.json(content_type=None)
-                if resp.status != 200:
-                    retry = resp.headers.get("Retry-After")
-                    hint = f" (retry after {retry} s)" if retry else ""
-                    print(f"error: {resp.status} {doc.get('error', doc)}{hint}", file=sys.stderr)
-                    return 1
+            doc = await _get_json(session, f"{base}{EVENTS_PATH}", context, query)
+            if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
+                raise ApiClientError(
+                    f"{base}{EVENTS_PATH}: the answer has no event list: is --url the daemon's API?"
+                )
             events: list[dict[str, Any]] = doc["events"]
             _print(events, args.json, header=first)
             first = False
             shown += len(events)
-            cursor = doc["next_cursor"]
+            cursor = doc.get("next_cursor")
             if cursor is None or (not args.all and shown >= args.limit):
                 break
         if cursor is not None and not args.json:
