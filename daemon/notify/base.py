@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from daemon.notify.escape import strip_controls
 from daemon.notify.outbox import OutMessage
 
 # Failure reasons label metrics: a closed set.
@@ -142,6 +143,8 @@ def json_headers(extra: dict[str, str]) -> dict[str, str]:
 
 
 def text_of(msg: OutMessage) -> tuple[str, str, dict[str, Any]]:
-    """(title, text, document) of a stored message."""
+    """(title, text, document) of a stored message. The title is one line and neither carries
+    control characters (NUL and the like), whatever rendered them."""
     body = msg.body
-    return str(body.get("title", "")), str(body.get("text", "")), dict(body.get("doc", {}))
+    title = strip_controls(str(body.get("title", "")), one_line=True).strip()
+    return title, strip_controls(str(body.get("text", ""))), dict(body.get("doc", {}))

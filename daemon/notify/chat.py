@@ -1,7 +1,8 @@
 """Chat platform webhooks: Slack, Microsoft Teams, Feishu/Lark, DingTalk, WeCom.
 
-Each builds the payload its platform documents for incoming webhooks, and reads
-the platform's answer: Feishu, DingTalk and WeCom answer HTTP 200 with an error
+Each builds the payload its platform documents for incoming webhooks, held to
+the platform's size limits (daemon/notify/limits.py), and reads the platform's
+answer: Feishu, DingTalk and WeCom answer HTTP 200 with an error
 code in the body, so a 200 is not taken as success on its own.
 """
 
@@ -28,6 +29,19 @@ from daemon.notify.config import (
     TeamsSubscription,
     WeComSubscription,
 )
+from daemon.notify.limits import (
+    CHAT_TITLE_CHARS,
+    DINGTALK_PAYLOAD_BYTES,
+    FEISHU_PAYLOAD_BYTES,
+    SLACK_HEADER_UNITS,
+    SLACK_SECTION_UNITS,
+    TEAMS_PAYLOAD_BYTES,
+    WECOM_CONTENT_BYTES,
+    clip,
+    fit,
+    utf8_len,
+    utf16_len,
+)
 from daemon.notify.outbox import OutMessage
 from daemon.notify.signing import dingtalk_signed_url, feishu_sign
 
@@ -41,32 +55,27 @@ _FEISHU_RETRY = {9499, 11232, 11233}
 _DINGTALK_RETRY = {-1, 130101, 130102}
 _WECOM_RETRY = {-1, 45009, 45033}
 
-# Platform size limits: WeCom markdown 4096 bytes, Feishu 20 KB body, DingTalk 20000 bytes.
-_MAX_TEXT = {"wecom": 4000, "feishu": 18000, "dingtalk": 18000, "slack": 3000, "teams": 20000}
 
-
-def _clip(text: str, protocol: str) -> str:
-    limit = _MAX_TEXT[protocol]
-    data = text.encode()
-    if len(data) <= limit:
-        return text
-    return data[: limit - 20].decode("utf-8", "ignore") + "\n... (truncated)"
+def _json_len(payload: dict[str, Any]) -> int:
+    return len(orjson.dumps(payload))
 
 
 def slack_payload(title: str, text: str) -> dict[str, Any]:
-    """Slack incoming webhook: ``text`` (fallback, notifications) and Block Kit ``blocks``."""
+    """Slack incoming webhook: ``text`` (fallback, notifications) and Block Kit ``blocks``.
+    Title and text arrive escaped for mrkdwn; each field is held to its block's limit."""
+    # The fallback ``text`` may hold SLACK_TEXT_UNITS; a notification preview needs far less.
+    header = clip(title, SLACK_HEADER_UNITS, utf16_len)
+    section = fit(text, utf16_len, SLACK_SECTION_UNITS)
     return {
-        "text": title,
+        "text": clip(title, SLACK_SECTION_UNITS, utf16_len),
         "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": False}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, "slack")}},
+            {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": False}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": section}},
         ],
     }
 
 
-def teams_payload(title: str, text: str) -> dict[str, Any]:
-    """Teams (Workflows "post to a channel when a webhook request is received"): a message
-    with one Adaptive Card attachment."""
+def _teams(title: str, text: str) -> dict[str, Any]:
     return {
         "type": "message",
         "attachments": [
@@ -85,11 +94,7 @@ def teams_payload(title: str, text: str) -> dict[str, Any]:
                             "size": "Medium",
                             "wrap": True,
                         },
-                        {
-                            "type": "TextBlock",
-                            "text": _clip(text, "teams").replace("\n", "\n\n"),
-                            "wrap": True,
-                        },
+                        {"type": "TextBlock", "text": text.replace("\n", "\n\n"), "wrap": True},
                     ],
                 },
             }
@@ -97,30 +102,56 @@ def teams_payload(title: str, text: str) -> dict[str, Any]:
     }
 
 
-def feishu_payload(title: str, text: str, secret: str | None, now: float) -> dict[str, Any]:
-    """Feishu/Lark custom bot text message; ``timestamp`` and ``sign`` when signing is on."""
-    body: dict[str, Any] = {"msg_type": "text", "content": {"text": _clip(f"{title}\n{text}", "feishu")}}
+def teams_payload(title: str, text: str) -> dict[str, Any]:
+    """Teams (Workflows "post to a channel when a webhook request is received"): a message
+    with one Adaptive Card attachment, at most TEAMS_PAYLOAD_BYTES in all."""
+    title = clip(title, CHAT_TITLE_CHARS)
+    text = fit(text, lambda t: _json_len(_teams(title, t)), TEAMS_PAYLOAD_BYTES)
+    return _teams(title, text)
+
+
+def _feishu(title: str, text: str, secret: str | None, now: float) -> dict[str, Any]:
+    body: dict[str, Any] = {"msg_type": "text", "content": {"text": f"{title}\n{text}"}}
     if secret:
         ts = int(now)
         body = {"timestamp": str(ts), "sign": feishu_sign(secret, ts), **body}
     return body
 
 
-def dingtalk_payload(title: str, text: str, at_mobiles: list[str]) -> dict[str, Any]:
-    """DingTalk custom robot markdown message."""
-    md = f"#### {title}\n\n" + _clip(text, "dingtalk").replace("\n", "\n\n")
+def feishu_payload(title: str, text: str, secret: str | None, now: float) -> dict[str, Any]:
+    """Feishu/Lark custom bot text message; ``timestamp`` and ``sign`` when signing is on.
+    At most FEISHU_PAYLOAD_BYTES in all."""
+    title = clip(title, CHAT_TITLE_CHARS)
+    text = fit(text, lambda t: _json_len(_feishu(title, t, secret, now)), FEISHU_PAYLOAD_BYTES)
+    return _feishu(title, text, secret, now)
+
+
+def _dingtalk(title: str, text: str, at_mobiles: list[str]) -> dict[str, Any]:
+    md = f"#### {clip(title, CHAT_TITLE_CHARS)}\n\n" + text.replace("\n", "\n\n")
     if at_mobiles:
         md += "\n\n" + " ".join(f"@{m}" for m in at_mobiles)
     return {
         "msgtype": "markdown",
-        "markdown": {"title": title[:64], "text": md},
+        # The title is what the conversation list and the push notification show.
+        "markdown": {"title": clip(title, 64), "text": md},
         "at": {"atMobiles": at_mobiles, "isAtAll": False},
     }
 
 
+def dingtalk_payload(title: str, text: str, at_mobiles: list[str]) -> dict[str, Any]:
+    """DingTalk custom robot markdown message, at most DINGTALK_PAYLOAD_BYTES in all."""
+    text = fit(text, lambda t: _json_len(_dingtalk(title, t, at_mobiles)), DINGTALK_PAYLOAD_BYTES)
+    return _dingtalk(title, text, at_mobiles)
+
+
+def _wecom_content(title: str, text: str) -> str:
+    return f"**{clip(title, CHAT_TITLE_CHARS)}**\n{text}"
+
+
 def wecom_payload(title: str, text: str) -> dict[str, Any]:
-    """WeCom group robot markdown message (content at most 4096 bytes)."""
-    return {"msgtype": "markdown", "markdown": {"content": _clip(f"**{title}**\n{text}", "wecom")}}
+    """WeCom group robot markdown message (content at most WECOM_CONTENT_BYTES)."""
+    text = fit(text, lambda t: utf8_len(_wecom_content(title, t)), WECOM_CONTENT_BYTES)
+    return {"msgtype": "markdown", "markdown": {"content": _wecom_content(title, text)}}
 
 
 def _check_code(protocol: str, data: bytes) -> None:

@@ -51,6 +51,12 @@ class DeliveryConfig(_Strict):
     """First retry delay; delays grow exponentially with full jitter (Retry-After wins if longer)."""
     max_backoff: Duration = 300.0
     """Longest delay between two attempts."""
+    recovery_probe: Duration = Field(default=15.0, gt=0)
+    """Longest time delivery stays stalled after a failing endpoint is back, however far the
+    backoff has grown: while a message waits for its retry, the endpoint is probed every
+    min(max_backoff, recovery_probe), and a probe that succeeds ends the wait at once. The
+    probe of an endpoint that could not be reached is a TCP connection (no request reaches
+    it); of one that answered with an error, the next attempt itself. Retry-After is honoured."""
     timeout: Duration = 10.0
     """Time limit of one attempt."""
     rate_limit: float | None = Field(default=None, gt=0)
@@ -99,6 +105,10 @@ class WebhookSubscription(_HttpBase):
     """Standard Webhooks secrets (whsec_<base64>); several give several signatures, for rotation."""
     require_confirmation: bool = False
     """Send a SubscriptionConfirmation first and nothing else until its URL is fetched."""
+    include_record: bool = False
+    """Add ``record`` to each single-event body: the event as stored (the JSON received, parsed),
+    beside the canonical fields. Webhooks only; grouped summaries carry none (no one record
+    stands for them)."""
 
     @field_validator("secrets")
     @classmethod

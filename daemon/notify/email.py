@@ -1,7 +1,9 @@
 """Email over SMTP with aiosmtplib: implicit TLS, STARTTLS or plain, with optional AUTH.
 
 The Message-ID is derived from the notification id, so a retried message is
-recognisably the same message to mail clients and archives.
+recognisably the same message to mail clients and archives. The message is
+plain text (no HTML part, so no HTML to escape); the subject and every header
+taken from the event are one line without control characters, and bounded.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from daemon.notify.base import (
     text_of,
 )
 from daemon.notify.config import EmailSubscription
+from daemon.notify.escape import sanitize
+from daemon.notify.limits import EMAIL_BODY_BYTES, EMAIL_SUBJECT_CHARS, clip, utf8_len
 from daemon.notify.outbox import OutMessage
 
 
@@ -28,16 +32,17 @@ def build_email(msg: OutMessage, cfg: EmailSubscription, topic: str) -> EmailMes
     mail = EmailMessage()
     mail["From"] = cfg.sender
     mail["To"] = ", ".join(cfg.to)
-    # Header injection guard: a subject is one line.
-    mail["Subject"] = " ".join(title.splitlines())[:200]
+    # Header injection guard: a subject is one line (text_of), of a bounded length.
+    mail["Subject"] = clip(title, EMAIL_SUBJECT_CHARS)
     mail["Date"] = formatdate(localtime=False)
     domain = cfg.sender.rpartition("@")[2] or "trailkeeper"
     mail["Message-ID"] = f"<{msg.id}@{domain}>"
     mail["X-Trailkeeper-Topic"] = topic
     event = doc.get("event") or {}
     if event.get("id"):
-        mail["X-Trailkeeper-Event-Id"] = str(event["id"])
-    mail.set_content(text + "\n")
+        # The id comes from the event: one line, no controls, bounded.
+        mail["X-Trailkeeper-Event-Id"] = clip(sanitize(str(event["id"])), 200)
+    mail.set_content(clip(text, EMAIL_BODY_BYTES, utf8_len) + "\n")
     return mail
 
 

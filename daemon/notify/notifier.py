@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from daemon.events import KIND_EVENT, Event, decode_entry
 from daemon.journal import Journal, JournalReader
-from daemon.notify.base import Sender
+from daemon.notify.base import Sender, ssl_context
 from daemon.notify.chat import ChatSender
 from daemon.notify.config import (
     EmailSubscription,
@@ -37,7 +39,7 @@ from daemon.notify.email import EmailSender
 from daemon.notify.grouping import Grouper
 from daemon.notify.outbox import Outbox, outbox_path
 from daemon.notify.sns import SnsSender
-from daemon.notify.templates import Renderer, context
+from daemon.notify.templates import Renderer, TemplateConfigError, context
 from daemon.notify.webhook import WebhookSender
 from daemon.notify.worker import SubscriptionWorker
 from daemon.telemetry import get_logger
@@ -80,6 +82,24 @@ def make_sender(topic: str, sub: Subscription, timeout: float) -> Sender:
     if isinstance(sub, SnsSubscription):
         return SnsSender(topic, sub, timeout)
     return ChatSender(topic, sub, timeout)
+
+
+def probe_address(sub: Subscription) -> tuple[str, int] | None:
+    """(host, port) a TCP probe connects to while the endpoint cannot be reached."""
+    if isinstance(sub, EmailSubscription):
+        return sub.host, sub.port
+    if isinstance(sub, SnsSubscription):
+        url = sub.endpoint_url or f"https://sns.{sub.region}.amazonaws.com"
+    else:
+        url = sub.url
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
 def message_id(*parts: object) -> str:
@@ -171,6 +191,7 @@ class Notifier:
                     require_confirmation=isinstance(s, WebhookSubscription) and s.require_confirmation,
                     confirm_url=f"{base}/v1/subscriptions/{topic}/{s.name}/confirm",
                     dedupe_window=config.dedupe_window,
+                    probe_address=probe_address(s),
                 )
                 subs.append(_Sub(topic, s, outbox, renderer, worker))
             self.subs[topic] = subs
@@ -187,7 +208,7 @@ class Notifier:
         await asyncio.to_thread(self.grouper.load)
         for subs in self.subs.values():
             for s in subs:
-                await s.outbox.open()
+                await s.worker.open()
                 self._tasks.append(asyncio.create_task(s.worker.run(), name=f"notify-{s.topic}-{s.cfg.name}"))
         self._tasks.append(asyncio.create_task(self.run(), name="notifier"))
 
@@ -338,7 +359,12 @@ class Notifier:
                     if tenant
                     else message_id(topic, sub.cfg.name, event.id)
                 )
-                self._render_into(sub, mid, entry.received_ms, doc, out, targets)
+                sub_doc = doc
+                if getattr(sub.cfg, "include_record", False):
+                    # The record as stored, as its JSON text: the outbox keeps it losslessly
+                    # (numbers beyond 64 bits included) and the webhook splices it in unchanged.
+                    sub_doc = {**doc, "record_json": event.record.decode("utf-8", "replace")}
+                self._render_into(sub, mid, entry.received_ms, sub_doc, out, targets)
 
     @staticmethod
     def _render_into(
@@ -363,9 +389,90 @@ def enabled(config: NotifyConfig) -> bool:
     return bool(config.routes) and any(t.subscriptions for t in config.topics.values())
 
 
-def build(journal: Journal, config: Any, state_dir: Path, public_url: str, rules: Classifier) -> Notifier:
-    """The notifier for a root Config, classifying with ``rules`` (the daemon's RuleSet, so a
-    rule reload applies to notifications at once). Raises on a bad route pattern or template."""
+def _tls_problems(where: str, sub: Subscription) -> list[str]:
+    """Problems with the TLS files of one subscription: each file must be readable, and
+    together they must load as the sender will load them."""
+    if isinstance(sub, SnsSubscription):
+        return []
+    if isinstance(sub, EmailSubscription):
+        if sub.security == "none":
+            return []
+        files = {"ca_file": sub.ca_file}
+        cert = key = None
+    else:
+        files = {"ca_file": sub.ca_file, "client_cert": sub.client_cert, "client_key": sub.client_key}
+        cert, key = sub.client_cert, sub.client_key
+    problems = []
+    for field, path in files.items():
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            problems.append(f"{where}.{field}: cannot read {path}: {exc.strerror or exc}")
+    if problems:
+        return problems
+    if key is not None and cert is None:
+        return [f"{where}.client_key: set without client_cert; give the certificate too"]
+    try:
+        ssl_context(sub.verify_tls, sub.ca_file, cert, key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        named = ", ".join(f"{f} {p}" for f, p in files.items() if p is not None)
+        return [f"{where}: the TLS files do not load ({named}): {exc}"]
+    return []
+
+
+def check_notify(config: NotifyConfig, source: str) -> None:
+    """Refuse what would stop the notifier from starting, naming each YAML path: a
+    subscription template that does not compile, a route pattern that does not compile (a key
+    on a field events do not have is one) and a subscription TLS file that cannot be loaded.
+
+    ``check-config`` and ``run`` both call this, so they accept and refuse the same files.
+    Reads the TLS files (a few small local files, as building the senders does). Raises
+    ConfigError listing every problem, with ``source`` (the config file) as its source.
+    """
+    from daemon.config import ConfigError
     from daemon.rules.pattern import compile_pattern
 
+    problems: list[str] = []
+    for topic, tcfg in config.topics.items():
+        for j, sub in enumerate(tcfg.subscriptions):
+            where = f"notify.topics.{topic}.subscriptions[{j}]"
+            # One part at a time, so the problem names the template that is wrong.
+            for part in ("title", "body"):
+                text = getattr(sub.template, part)
+                if not text:
+                    continue
+                title, body = (text, None) if part == "title" else (None, text)
+                try:
+                    Renderer(sub.protocol, title, body, f"{where}.template.{part}")
+                except TemplateConfigError as exc:
+                    problems.append(str(exc))
+            problems += _tls_problems(where, sub)
+    for i, route in enumerate(config.routes):
+        if route.pattern is None:
+            continue
+        try:
+            compile_pattern(route.pattern, f"notify.routes[{i}].pattern")
+        except ValueError as exc:  # PatternError names the key it refuses
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def build(
+    journal: Journal,
+    config: Any,
+    state_dir: Path,
+    public_url: str,
+    rules: Classifier,
+    source: str = "config",
+) -> Notifier:
+    """The notifier for a root Config, classifying with ``rules`` (the daemon's RuleSet, so a
+    rule reload applies to notifications at once). Raises ConfigError (see ``check_notify``)
+    on a bad route pattern, template or TLS file; ``source`` names the config file in it."""
+    from daemon.rules.pattern import compile_pattern
+
+    check_notify(config.notify, source)
     return Notifier(journal, config.notify, rules, compile_pattern, state_dir, public_url)

@@ -217,6 +217,16 @@ class Outbox:
         result: dict[str, int] = await self._call(run)
         return result
 
+    async def backlog(self) -> tuple[int, int]:
+        """(pending, dead): what waits for delivery and what sits in the dead-letter store.
+        Two index-only counts, cheap enough to run every second."""
+
+        def run(db: sqlite3.Connection) -> tuple[int, int]:
+            return _count(db, PENDING), _count(db, DEAD)
+
+        result: tuple[int, int] = await self._call(run)
+        return result
+
     async def get_meta(self, key: str) -> str | None:
         def run(db: sqlite3.Connection) -> str | None:
             row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -231,6 +241,10 @@ class Outbox:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
         await self._call(run)
+
+
+def _count(db: sqlite3.Connection, state: str) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM messages WHERE state=?", (state,)).fetchone()[0])
 
 
 # --- offline access (the CLI), usable while the daemon runs ---------------------------------
@@ -281,5 +295,15 @@ def replay_sync(path: Path, ids: list[str] | None, runner: Any = None) -> int:
     db = _connect_existing(path)
     try:
         return run(db)
+    finally:
+        db.close()
+
+
+def purge_sync(path: Path) -> int:
+    """Delete every message of the dead-letter store of one outbox (durably). Returns the count.
+    Pending and sent messages are untouched."""
+    db = _connect_existing(path)
+    try:
+        return int(db.execute("DELETE FROM messages WHERE state=?", (DEAD,)).rowcount)
     finally:
         db.close()

@@ -6,17 +6,25 @@ event ids), ``matches`` (rule, category, severity, description, tags),
 ``rule`` (the most severe match), ``severity``, ``topic`` and ``kind``
 ("event" or "group"). Templates run in ``SandboxedEnvironment``: a template
 from the config cannot reach Python internals.
+
+Event values are written by whoever made the API call, so every value a
+template substitutes (``{{ ... }}``) is sanitized and escaped for the
+protocol's markup (see daemon/notify/escape.py) before it joins the
+operator's template text, which stays markup. Markup belongs in the template
+text or comes from the ``b`` filter (bold in the protocol's syntax); ``safe``
+marks a value as markup on purpose. A substituted value is one line: its
+line breaks become spaces, so it cannot fake a line of the message.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from jinja2 import TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
-Style = Literal["text", "markdown", "slack"]
+from daemon.notify.escape import Literal, Style, escape, strip_controls
 
 DEFAULT_TITLE = (
     "{% if kind == 'group' %}[{{ severity|upper }}] {{ group.count }} key event{{ 's' if group.count != 1 }}"
@@ -49,23 +57,40 @@ PROTOCOL_STYLE: dict[str, Style] = {
     "webhook": "text",
     "email": "text",
     "sns": "text",
-    "feishu": "text",
+    "feishu": "feishu",
     "slack": "slack",
-    "teams": "markdown",
-    "dingtalk": "markdown",
-    "wecom": "markdown",
+    "teams": "teams",
+    "dingtalk": "dingtalk",
+    "wecom": "wecom",
 }
 
 
 def _bold_filter(style: Style) -> Any:
-    def bold(value: str) -> str:
-        if style == "markdown":
-            return f"**{value}**"
+    def bold(value: Any) -> Literal:
+        inner = str(value) if isinstance(value, Literal) else escape(style, str(value))
+        if style in ("teams", "dingtalk", "wecom"):
+            return Literal(f"**{inner}**")
         if style == "slack":
-            return f"*{value}*"
-        return str(value)
+            return Literal(f"*{inner}*")
+        return Literal(inner)
 
     return bold
+
+
+def _finalizer(style: Style) -> Any:
+    """Applied by Jinja2 to every ``{{ ... }}`` result: escapes values, keeps ``Literal`` markup."""
+
+    def finalize(value: Any) -> str:
+        if isinstance(value, Literal):
+            return value
+        return escape(style, str(value))
+
+    return finalize
+
+
+def _safe(value: Any) -> Literal:
+    """``{{ x|safe }}``: the operator declares ``x`` markup (no escaping; controls still go)."""
+    return Literal(strip_controls(str(value)))
 
 
 def _counts(value: Any) -> str:
@@ -112,8 +137,11 @@ class Renderer:
 
     def __init__(self, protocol: str, title: str | None, body: str | None, where: str) -> None:
         style = PROTOCOL_STYLE[protocol]
-        self.env = SandboxedEnvironment(autoescape=False, undefined=Undefined, keep_trailing_newline=False)
-        self.env.filters.update(b=_bold_filter(style), counts=_counts, pairs=_pairs, who=_who)
+        self.style: Style = style
+        self.env = SandboxedEnvironment(
+            autoescape=False, undefined=Undefined, keep_trailing_newline=False, finalize=_finalizer(style)
+        )
+        self.env.filters.update(b=_bold_filter(style), counts=_counts, pairs=_pairs, who=_who, safe=_safe)
         self.default_title = self.env.from_string(DEFAULT_TITLE)
         self.default_body = self.env.from_string(DEFAULT_BODY)
         try:
@@ -124,12 +152,14 @@ class Renderer:
 
     def render(self, ctx: dict[str, Any]) -> Rendered:
         try:
-            title = self.title.render(ctx).strip()
-            text = self.body.render(ctx).strip()
+            title = self.title.render(ctx)
+            text = self.body.render(ctx)
         except TemplateError as exc:
-            title = self.default_title.render(ctx).strip()
-            text = self.default_body.render(ctx).strip() + f"\n(template error: {exc})"
-        return Rendered(title, text)
+            title = self.default_title.render(ctx)
+            problem = escape(self.style, str(exc))
+            text = self.default_body.render(ctx).strip() + f"\n(template error: {problem})"
+        # A title is one line (email subject, chat heading), whatever the template wrote.
+        return Rendered(strip_controls(title, one_line=True).strip(), strip_controls(text).strip())
 
 
 def context(doc: dict[str, Any]) -> dict[str, Any]:

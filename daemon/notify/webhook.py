@@ -3,7 +3,11 @@
 The body is a JSON document: ``type`` ("Notification", "GroupNotification" or
 "SubscriptionConfirmation"), ``id`` (also the ``webhook-id`` header, the same
 on every retry), ``topic``, ``subscription``, ``title``, ``text`` and the
-notification itself (``event`` and ``matches``, or ``group``).
+notification itself (``event`` and ``matches``, or ``group``); with
+``include_record``, also ``record``: the event as stored (the JSON received,
+parsed). Structured fields are data for programs and are sent exactly as
+received (JSON-escaped); ``title`` and ``text`` are sanitized like every
+protocol's.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from daemon.notify.outbox import OutMessage
 from daemon.notify.signing import standard_webhook_headers
 
 
-def webhook_body(msg: OutMessage, topic: str, subscription: str) -> bytes:
-    """The exact bytes sent for a message: deterministic, so every retry carries the same body."""
+def webhook_body(msg: OutMessage, topic: str, subscription: str, include_record: bool = False) -> bytes:
+    """The exact bytes sent for a message: deterministic, so every retry carries the same body.
+
+    ``record`` (the stored event, its JSON text spliced in unchanged) is sent only with
+    ``include_record`` and only when the message holds it; otherwise the body has canonical
+    fields only."""
     title, text, doc = text_of(msg)
     kind = doc.get("kind", "event")
     payload = {
@@ -29,8 +37,13 @@ def webhook_body(msg: OutMessage, topic: str, subscription: str) -> bytes:
         "subscription": subscription,
         "title": title,
         "text": text,
-        **{k: v for k, v in doc.items() if k not in ("kind", "topic")},
+        **{k: v for k, v in doc.items() if k not in ("kind", "topic", "record", "record_json")},
     }
+    if include_record and kind != "group":
+        stored = doc.get("record_json")
+        if isinstance(stored, str):
+            # Spliced in as received: what the auditor's program reads is the stored JSON itself.
+            payload["record"] = orjson.Fragment(stored)
     return orjson.dumps(payload)
 
 
@@ -47,7 +60,7 @@ class WebhookSender:
         return json_headers({**self.cfg.headers, **signed})
 
     async def send(self, msg: OutMessage) -> None:
-        body = webhook_body(msg, self.topic, self.cfg.name)
+        body = webhook_body(msg, self.topic, self.cfg.name, self.cfg.include_record)
         await self.http.post(self.cfg.url, body, self._headers(msg.id, body))
 
     async def send_confirmation(self, token: str, confirm_url: str) -> None:
