@@ -1,4 +1,5 @@
-"""``trailkeeper rules ...``: match files against the rules, list them, test their examples."""
+"""``trailkeeper rules ...``: match files against the rules, list them, test their examples,
+check a folder of Sigma rules."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="an extra rule file or directory, loaded after the configured ones (repeatable)",
     )
+    parser.add_argument(
+        "--sigma",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="an extra Sigma rule file or folder, loaded after the configured ones (repeatable)",
+    )
     parser.add_argument("--no-builtin", action="store_true", help="leave out the built-in packs")
     parser.add_argument(
         "--disable",
@@ -44,8 +52,8 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``rules match|list|test`` to the top-level CLI. Each sets ``func(args) -> int``."""
-    rules = subparsers.add_parser("rules", help="classification rules: match, list, test")
+    """Add ``rules match|list|test|import-sigma`` to the top-level CLI. Each sets ``func(args) -> int``."""
+    rules = subparsers.add_parser("rules", help="classification rules: match, list, test, import-sigma")
     sub = rules.add_subparsers(dest="rules_command", metavar="COMMAND", required=True)
 
     match = sub.add_parser(
@@ -74,6 +82,19 @@ def register(subparsers: Any) -> None:
     _add_rule_options(test)
     test.set_defaults(func=cmd_test)
 
+    sigma = sub.add_parser(
+        "import-sigma",
+        help="compile Sigma rules and report each one",
+        description="Compile Sigma rules (files, or folders searched recursively) as `rules.sigma` "
+        "would, and print one line per rule: `compiled <id> <category> <severity> <file>` or "
+        "`refused <sigma id> <file>: <reason>`, then the totals. Exit 0 when at least one rule "
+        "compiled, 1 when none did, 2 when a path cannot be read or the config is invalid.",
+    )
+    sigma.add_argument("paths", nargs="+", metavar="DIR", help="Sigma rule files or folders")
+    sigma.add_argument("--config", metavar="FILE", help="take the rules.sigma_* mappings from this config")
+    sigma.add_argument("--json", action="store_true", help="one JSON object per rule")
+    sigma.set_defaults(func=cmd_import_sigma)
+
 
 def _rules_config(args: argparse.Namespace) -> RulesConfig:
     if args.config:
@@ -82,10 +103,13 @@ def _rules_config(args: argparse.Namespace) -> RulesConfig:
         base = load_config(args.config).rules
     else:
         base = RulesConfig()
-    return RulesConfig(
-        builtin=base.builtin and not args.no_builtin,
-        files=[*base.files, *(Path(p) for p in args.rules)],
-        disable=[*base.disable, *args.disable],
+    return base.model_copy(
+        update={
+            "builtin": base.builtin and not args.no_builtin,
+            "files": [*base.files, *(Path(p) for p in args.rules)],
+            "sigma": [*base.sigma, *(Path(p) for p in args.sigma)],
+            "disable": [*base.disable, *args.disable],
+        }
     )
 
 
@@ -180,6 +204,57 @@ def cmd_test(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] 
         f"{'all passed' if not failed else f'{failed} failure(s)'}\n"
     )
     return 0 if not failed else 1
+
+
+def cmd_import_sigma(
+    args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None
+) -> int:
+    """Exit 0 when any rule compiled, 1 when none did, 2 for a missing path or a bad config."""
+    from daemon.config import ConfigError, load_config
+    from daemon.rules.loader import sigma_options
+    from daemon.rules.sigma import compile_paths
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        config = load_config(args.config).rules if args.config else RulesConfig()
+    except ConfigError as exc:
+        print(exc.render(), file=err)
+        return 2
+    paths = [Path(p) for p in args.paths]
+    missing = [p for p in paths if not p.exists()]
+    for path in missing:
+        print(f"{path}: no such file or directory", file=err)
+    if missing:
+        return 2
+    result = compile_paths(paths, sigma_options(config))
+    for rule in result.rules:
+        if args.json:
+            doc = {"result": "compiled", **rule.match.to_dict(), "source": rule.source}
+            out.write(orjson.dumps(doc).decode() + "\n")
+        else:
+            out.write(f"compiled {rule.id}\t{rule.category}\t{rule.severity}\t{rule.source}\n")
+    for refusal in result.refused:
+        if args.json:
+            doc = {
+                "result": "refused",
+                "sigma_id": refusal.rule_id,
+                "title": refusal.title,
+                "source": refusal.source,
+                "reason": refusal.reason,
+            }
+            out.write(orjson.dumps(doc).decode() + "\n")
+        else:
+            rule_id = refusal.rule_id or "-"
+            out.write(f"refused {rule_id}\t{refusal.source}: {refusal.reason}\n")
+    total = len(result.rules) + len(result.refused)
+    summary = f"{len(result.rules)} compiled, {len(result.refused)} refused, {total} in all"
+    if args.json:
+        totals = {"compiled": len(result.rules), "refused": len(result.refused)}
+        out.write(orjson.dumps(totals).decode() + "\n")
+    else:
+        out.write(f"# {summary}\n")
+    return 0 if result.rules else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

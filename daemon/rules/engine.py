@@ -64,6 +64,9 @@ class _Candidate:
     uses_record: bool
     static: bool  # the outcome depends on key fields only: decided once per cache key
     match: Match
+    # Lower-cased text one of which the raw record must hold (Pattern.needles): a record
+    # without any is not parsed for this rule.
+    needles: tuple[bytes, ...] | None = None
 
 
 def _exact_strings(pattern: Pattern, key: str) -> frozenset[str] | None:
@@ -138,7 +141,8 @@ class RuleEngine:
         static = residual is None or (not uses_record and residual.fields <= _KEY_SET)
         if static and residual is not None:
             self._static_fields |= residual.fields
-        return _Candidate(order, residual, uses_record, static, rule.match)
+        needles = residual.needles if residual is not None and uses_record else None
+        return _Candidate(order, residual, uses_record, static, rule.match, needles)
 
     def _file(self, order: int, rule: Rule) -> None:
         pattern = rule.pattern
@@ -290,10 +294,17 @@ class RuleEngine:
             return out
         pending = self._pending
         record: Mapping[str, Any] | None = None
+        lowered: bytes | None = None
         for cand in cands:
             residual = cand.residual
             if residual is not None:
                 if cand.uses_record:
+                    needles = cand.needles
+                    if needles is not None:
+                        if lowered is None:
+                            lowered = _searchable(event.record)
+                        if lowered and not any(n in lowered for n in needles):
+                            continue
                     if record is None:
                         record = _parsed(event)
                     ok = residual.matches(canonical, record)
@@ -355,6 +366,18 @@ class RuleEngine:
 def _guard_preference(item: tuple[str, Any]) -> tuple[int, str]:
     # Fields absent from most events make the best guards.
     return (0 if item[0] in ("code", "error") else 1, item[0])
+
+
+def _searchable(raw: bytes) -> bytes:
+    """The raw record lower-cased for needle checks; empty when they would not be sound.
+
+    A needle is plain ASCII text; it is missing from a record that holds the value
+    only when the value is spelt with \\u or \\/ escapes, or through a non-ASCII
+    character that lower-cases to ASCII (the Kelvin sign): such records are always parsed.
+    """
+    if not raw.isascii() or b"\\u" in raw or b"\\/" in raw:
+        return b""
+    return raw.lower()
 
 
 def _parsed(event: Event) -> Mapping[str, Any]:

@@ -17,9 +17,13 @@ A rule file is YAML::
     disable: [cis.4.3-root-usage]        # optional: rule ids to switch off
 
 A top-level list is read as ``rules``. Built-in packs load first (sorted by file
-name), then ``rules.files`` in order; a rule whose id is already loaded replaces
-it in place. Every problem is reported with the file, the rule id and the key at
-fault; nothing is loaded from a set of files with any problem.
+name), then the built-in Sigma pack, then ``rules.files`` in order, then the
+Sigma rules of ``rules.sigma`` (see ``daemon.rules.sigma``); a rule whose id is
+already loaded replaces it in place. Every problem is reported with the file,
+the rule id and the key at fault; nothing is loaded from a set of files with any
+problem. A Sigma rule that cannot be compiled is left out and logged, or, with
+``rules.sigma_strict``, is such a problem. The built-in Sigma pack is then
+deduplicated against the other rules in force (``daemon.rules.sigma.dedupe``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,18 @@ import yaml
 from daemon.rules.config import RulesConfig
 from daemon.rules.model import SEVERITIES, Rule
 from daemon.rules.pattern import Pattern, PatternError
+from daemon.rules.sigma import (
+    BUILTIN_SOURCE,
+    SigmaImport,
+    SigmaOptions,
+    compile_builtin,
+    compile_paths,
+    dedupe,
+)
+from daemon.rules.sigma_mapping import LEVELS
+from daemon.telemetry import get_logger
+
+log = get_logger("rules")
 
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _CATEGORY_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -252,6 +268,48 @@ def assemble(
     return [r for r in by_id.values() if r.id not in off]
 
 
+def sigma_options(config: RulesConfig) -> SigmaOptions:
+    """How Sigma levels and tags map to severities and categories under ``config``."""
+    return SigmaOptions(
+        tag_categories=dict(config.sigma_categories),
+        level_categories=dict(config.sigma_level_categories),
+        default_category=config.sigma_default_category,
+    )
+
+
+def _user_sigma(config: RulesConfig, problems: list[str]) -> SigmaImport:
+    for i, path in enumerate(config.sigma):
+        if not path.exists():
+            problems.append(f"rules.sigma[{i}]: {path}: no such file or directory")
+    result = compile_paths([p for p in config.sigma if p.exists()], sigma_options(config))
+    for refusal in result.refused:
+        if config.sigma_strict:
+            problems.append(f"{refusal.message()} (rules.sigma_strict is on)")
+        else:
+            log.warning(
+                "rules.sigma_refused",
+                file=refusal.source,
+                sigma_id=refusal.rule_id,
+                title=refusal.title,
+                reason=refusal.reason,
+                action="the rule is left out; `trailkeeper rules import-sigma` reports every rule",
+            )
+    return result
+
+
+def builtin_sigma_rules(config: RulesConfig, packs: list[RuleFile]) -> list[Rule]:
+    """The built-in Sigma pack as loaded beside ``packs`` (the other built-in packs).
+
+    Rules below ``builtin_sigma_min_level`` are left out, and the rest deduplicated
+    against the built-in packs as shipped (``daemon.rules.sigma.dedupe``): what a
+    user overrides or disables in those packs does not bring a Sigma twin back.
+    """
+    floor = SEVERITIES.index(LEVELS[config.builtin_sigma_min_level])
+    rules = [r for r in compile_builtin(sigma_options(config)).rules if SEVERITIES.index(r.severity) >= floor]
+    kept, _ = dedupe(rules, [r for f in packs for r in f.rules])
+    return kept
+
+
 def load_rules(config: RulesConfig) -> list[Rule]:
     """Every rule in force for a configuration. Blocking (reads files).
 
@@ -261,14 +319,22 @@ def load_rules(config: RulesConfig) -> list[Rule]:
     files: list[RuleFile] = []
     if config.builtin:
         try:
-            files += load_builtin_packs()
+            packs = load_builtin_packs()
         except RuleLoadError as exc:
             problems += exc.problems
+            packs = []
+        files += packs
+        if config.builtin_sigma and packs:
+            # The vendored rules are fixed: the ones that cannot compile are listed in
+            # the pack's NOTICE, not reported on every load.
+            files.append(RuleFile(BUILTIN_SOURCE, builtin_sigma_rules(config, packs)))
     for path in _expand(config.files):
         try:
             files.append(load_rule_file(path))
         except RuleLoadError as exc:
             problems += exc.problems
+    if config.sigma:
+        files.append(RuleFile("rules.sigma", _user_sigma(config, problems).rules))
     if problems:
         raise RuleLoadError(problems)
     return assemble(files, config.disable)

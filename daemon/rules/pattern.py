@@ -2,9 +2,11 @@
 
 A pattern is a mapping. Top-level keys name canonical fields (``service``,
 ``operation``, ``code``, ...); the raw record (CloudTrail record or CTS trace)
-is matched under ``record`` with its own nested keys; ``$or`` takes a list of
-patterns at any level. Every leaf is a list of alternatives, any of which may
-match:
+is matched under ``record`` with its own nested keys. At any level, ``$or``
+takes a list of patterns of which one must match, ``$and`` a list of patterns
+that must all match (for two conditions on one key), and ``$not`` one pattern
+that must not match (an absent field does not match, so its negation does).
+Every leaf is a list of alternatives, any of which may match:
 
 - an exact value: a string, a number, ``true``/``false`` or ``null``;
 - ``{"prefix": "Delete"}`` / ``{"suffix": ".png"}``, each also in the form
@@ -17,7 +19,15 @@ match:
 - ``{"numeric": [">", 0, "<=", 5]}`` (operators ``<``, ``<=``, ``=``, ``>=``, ``>``);
 - ``{"cidr": "10.0.0.0/8"}`` (IPv4 or IPv6);
 - ``{"wildcard": "*UnauthorizedOperation"}`` (``*`` is any run of characters,
-  ``\\*`` a literal star).
+  ``\\*`` a literal star);
+- ``{"contains": "Suspended"}``, also ``{"contains": {"equals-ignore-case": "suspended"}}``;
+- ``{"regex": "^arn:aws:iam::[0-9]+:root$"}``: a Python regular expression found
+  anywhere in the string (anchor it to match the whole); flags inline, ``(?i)``;
+- ``{"text": [alternatives]}``: the alternatives applied to the value's text, as
+  log search tools see it: a string as it is, ``true``/``false``, a number in
+  JSON notation, an object or an array as its compact JSON text (in record
+  order); ``null`` counts as absent, so ``{"text": [{"exists": false}]}`` is
+  "null or absent". Sigma rules compile to this form.
 
 Semantics follow EventBridge: a field absent from the event matches only
 ``{"exists": false}`` (``anything-but`` needs the field to be present); when the
@@ -39,10 +49,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
+
 from daemon.events import CANONICAL_FIELDS
 
 RECORD_KEY: Final = "record"
 OR_KEY: Final = "$or"
+AND_KEY: Final = "$and"
+NOT_KEY: Final = "$not"
 
 _MISSING: Final = object()
 _EMPTY: Final[dict[str, Any]] = {}
@@ -257,6 +271,43 @@ def _wildcard(regex: re.Pattern[str]) -> Pred:
     return lambda value: isinstance(value, str) and regex.fullmatch(value) is not None
 
 
+def _contains(text: str, folded: bool) -> Pred:
+    if folded:
+        return lambda value: isinstance(value, str) and text in value.lower()
+    return lambda value: isinstance(value, str) and text in value
+
+
+def _regex_pred(spec: Any, path: str) -> Pred:
+    if not isinstance(spec, str):
+        raise PatternError(path, "regex takes a string (a Python regular expression)")
+    try:
+        regex = re.compile(spec)
+    except re.error as exc:
+        raise PatternError(path, f"not a valid regular expression: {exc}") from exc
+    return lambda value: isinstance(value, str) and regex.search(value) is not None
+
+
+def text_of(value: Any) -> str | None:
+    """The text form ``{"text": ...}`` matches: None for null (absent)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _text_pred(inner: _Leaf) -> Pred:
+    """A whole-value check: sees objects and arrays themselves, not their elements."""
+
+    def pred(value: Any) -> bool:
+        if value is _MISSING or value is None:
+            return inner.allows_missing
+        text = text_of(value)
+        return inner.allows_missing if text is None else inner.match_value(text)
+
+    return pred
+
+
 @dataclass(frozen=True, slots=True)
 class _LeafInfo:
     """What the index needs to know about a leaf (only exact strings, prefixes...)."""
@@ -271,7 +322,9 @@ class _LeafInfo:
 class _Leaf:
     """A compiled list of alternatives for one field."""
 
-    __slots__ = ("_preds", "_strings", "allows_missing", "info")
+    __slots__ = ("_preds", "_strings", "_whole", "allows_missing", "info", "needles")
+
+    needles: Needles | None
 
     def __init__(self, values: Any, path: str, canonical: bool) -> None:
         if not isinstance(values, list):
@@ -282,6 +335,7 @@ class _Leaf:
         prefixes: set[str] = set()
         ignore_case: set[str] = set()
         preds: list[Pred] = []
+        whole: list[Pred] = []  # applied to the value as it is (missing, object, array included)
         plain = 0  # alternatives an index can use: exact strings, prefixes, ignore-case strings
         allows_missing = False
         for i, alt in enumerate(values):
@@ -337,16 +391,25 @@ class _Leaf:
                         raise PatternError(sub, "wildcard takes a string")
                     regex = _wildcard_regex(operand, sub)
                     preds.append(_wildcard(regex))
+                elif op == "contains":
+                    text, folded = _string_or_ignore_case(operand, sub, op)
+                    preds.append(_contains(text, folded))
+                elif op == "regex":
+                    preds.append(_regex_pred(operand, sub))
+                elif op == "text":
+                    whole.append(_text_pred(_Leaf(operand, sub, canonical=False)))
                 else:
                     raise PatternError(
                         sub,
                         f"unknown operator {op!r} (known: prefix, suffix, equals-ignore-case, "
-                        "anything-but, exists, numeric, cidr, wildcard)",
+                        "anything-but, exists, numeric, cidr, wildcard, contains, regex, text)",
                     )
             else:
                 raise PatternError(at, f"unsupported value {alt!r}")
         self._strings = frozenset(strings)
         self._preds = tuple(preds)
+        self._whole = tuple(whole)
+        self.needles = _leaf_needles(values)
         self.allows_missing = allows_missing
         # Anything beyond exact strings, plain prefixes and ignore-case strings defeats
         # indexing on this field.
@@ -365,6 +428,8 @@ class _Leaf:
         return any(p(value) for p in self._preds)
 
     def __call__(self, value: Any) -> bool:
+        if self._whole and any(p(value) for p in self._whole):
+            return True
         if value is _MISSING or isinstance(value, dict):
             return self.allows_missing
         if isinstance(value, list):
@@ -373,6 +438,101 @@ class _Leaf:
                 return self.allows_missing
             return any(self.match_value(v) for v in items)
         return self.match_value(value)
+
+
+# --- needles: text the raw record must hold for a record pattern to match -------------------
+
+# Characters JSON never needs to escape: a value made of them appears as such in the raw
+# bytes unless the producer chose \u escapes (the engine then skips the pre-check).
+# ('/' too: the engine skips the pre-check for records with \/ escapes.)
+_SAFE_RUN: Final = re.compile(r"[A-Za-z0-9 :._@=,+/-]{3,}")
+# Under `text`, numbers and containers are matched re-rendered (1.5 for 15e-1, no spaces
+# after ':'), so only what renders as in the raw bytes: letters, spaces and _ @ / -.
+_TEXT_RUN: Final = re.compile(r"[A-Za-z _@/-]{3,}")
+Needles = tuple[bytes, ...]
+
+
+def _literal_needle(text: str, runs_of: re.Pattern[str] = _SAFE_RUN) -> bytes | None:
+    runs = runs_of.findall(text)
+    return max(runs, key=len).lower().encode() if runs else None
+
+
+def _regex_needle(regex: str, runs_of: re.Pattern[str]) -> bytes | None:
+    """A literal every match of a simple regex contains, or None."""
+    body = re.sub(r"^\(\?[a-zA-Z]+\)", "", regex)
+    if any(c in body for c in "|([{"):
+        return None
+    runs: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body) and not body[i + 1].isalnum():
+            current.append(body[i + 1])
+            i += 2
+        elif ch in "?*":
+            if current:
+                current.pop()  # the character before is optional
+            runs.append("".join(current))
+            current = []
+            i += 1
+        elif ch == "+" or ch in ".^$\\":
+            # After x+ the run cannot go on (xa+b does not contain xab).
+            runs.append("".join(current))
+            current = []
+            i += 2 if ch == "\\" else 1
+        else:
+            current.append(ch)
+            i += 1
+    runs.append("".join(current))
+    needles = [n for n in (_literal_needle(r, runs_of) for r in runs) if n is not None]
+    return max(needles, key=len) if needles else None
+
+
+def _alt_needle(alt: Any, runs_of: re.Pattern[str]) -> bytes | None:
+    if isinstance(alt, str):
+        return _literal_needle(alt, runs_of)
+    if not isinstance(alt, dict) or len(alt) != 1:
+        return None
+    op, operand = next(iter(alt.items()))
+    if op in ("prefix", "suffix", "contains", "equals-ignore-case"):
+        if isinstance(operand, dict):
+            operand = operand.get("equals-ignore-case")
+        return _literal_needle(operand, runs_of) if isinstance(operand, str) else None
+    if op == "regex" and isinstance(operand, str):
+        return _regex_needle(operand, runs_of)
+    return None
+
+
+def _leaf_needles(values: list[Any], runs_of: re.Pattern[str] = _SAFE_RUN) -> Needles | None:
+    """One of these (lower-cased) is in the raw record whenever the leaf matches a value."""
+    out: list[bytes] = []
+    for alt in values:
+        if isinstance(alt, dict) and len(alt) == 1 and "text" in alt and isinstance(alt["text"], list):
+            inner = _leaf_needles(alt["text"], _TEXT_RUN)
+            if inner is None:
+                return None
+            out += inner
+            continue
+        needle = _alt_needle(alt, runs_of)
+        if needle is None:
+            return None
+        out.append(needle)
+    return tuple(out) if out else None
+
+
+def _best(candidates: list[Needles | None]) -> Needles | None:
+    """Of requirements that all hold, the most selective one (fewest, longest needles)."""
+    known = [c for c in candidates if c is not None]
+    if not known:
+        return None
+    return min(known, key=lambda n: (len(n), -min(len(x) for x in n)))
+
+
+def _union(branches: list[Needles | None]) -> Needles | None:
+    if not branches or any(b is None for b in branches):
+        return None
+    return tuple(x for b in branches if b is not None for x in b)
 
 
 def _example(value: Any) -> str:
@@ -385,7 +545,7 @@ def _example(value: Any) -> str:
 class _Object:
     """A compiled nested pattern over a JSON object (the raw record or a part of it)."""
 
-    __slots__ = ("_checks", "_ors")
+    __slots__ = ("_ands", "_checks", "_nots", "_ors", "needles")
 
     def __init__(self, pattern: Any, path: str) -> None:
         if not isinstance(pattern, dict):
@@ -394,6 +554,8 @@ class _Object:
             raise PatternError(path, "an empty mapping; remove it or add keys")
         checks: list[tuple[str, Callable[[Any], bool]]] = []
         ors: list[tuple[_Object, ...]] = []
+        ands: list[_Object] = []
+        nots: list[_Object] = []
         for key, value in pattern.items():
             if not isinstance(key, str):
                 raise PatternError(path, f"key {key!r} is not a string")
@@ -401,12 +563,23 @@ class _Object:
             if key == OR_KEY:
                 branches = _or_list(value, sub)
                 ors.append(tuple(_Object(b, f"{sub}[{i}]") for i, b in enumerate(branches)))
+            elif key == AND_KEY:
+                ands += [_Object(b, f"{sub}[{i}]") for i, b in enumerate(_and_list(value, sub))]
+            elif key == NOT_KEY:
+                nots.append(_Object(value, sub))
             elif isinstance(value, dict):
                 checks.append((key, _nested(_Object(value, sub))))
             else:
                 checks.append((key, _Leaf(value, sub, canonical=False)))
         self._checks = tuple(checks)
         self._ors = tuple(ors)
+        self._ands = tuple(ands)
+        self._nots = tuple(nots)
+        self.needles: Needles | None = _best(
+            [getattr(check, "needles", None) for _, check in checks]
+            + [_union([b.needles for b in branches]) for branches in ors]
+            + [a.needles for a in ands]
+        )
 
     def __call__(self, obj: Any) -> bool:
         if not isinstance(obj, dict):
@@ -414,10 +587,30 @@ class _Object:
         for key, check in self._checks:
             if not check(obj.get(key, _MISSING)):
                 return False
-        return all(any(b(obj) for b in branches) for branches in self._ors)
+        if not all(any(b(obj) for b in branches) for branches in self._ors):
+            return False
+        return all(a(obj) for a in self._ands) and not any(n(obj) for n in self._nots)
+
+
+class _Nested:
+    """A nested pattern as a check on one key's value."""
+
+    __slots__ = ("_check", "needles")
+
+    def __init__(self, check: Callable[[Any], bool], needles: Needles | None) -> None:
+        self._check = check
+        self.needles = needles
+
+    def __call__(self, value: Any) -> bool:
+        return self._check(value)
 
 
 def _nested(sub: _Object) -> Callable[[Any], bool]:
+    # A sub-pattern that matches an empty object (only `exists: false` leaves) needs no text.
+    return _Nested(_nested_check(sub), None if sub(_EMPTY) else sub.needles)
+
+
+def _nested_check(sub: _Object) -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
         if isinstance(value, list):
             objects = [v for v in value if isinstance(v, dict)]
@@ -436,6 +629,12 @@ def _or_list(value: Any, path: str) -> list[Any]:
     return value
 
 
+def _and_list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise PatternError(path, "$and takes a non-empty list of patterns")
+    return value
+
+
 # --- top level ------------------------------------------------------------------------------
 
 
@@ -445,19 +644,32 @@ class Pattern:
     Construction raises PatternError naming the offending key.
     """
 
-    __slots__ = ("_canon", "_ors", "_record", "fields", "leaves", "source", "uses_record")
+    __slots__ = (
+        "_ands",
+        "_canon",
+        "_nots",
+        "_ors",
+        "_record",
+        "fields",
+        "leaves",
+        "needles",
+        "source",
+        "uses_record",
+    )
 
     uses_record: bool
     fields: frozenset[str]
 
     def __init__(self, pattern: Mapping[str, Any], path: str = "match") -> None:
         if not isinstance(pattern, Mapping):
-            raise PatternError(path, "expected a mapping of canonical fields, record and $or")
+            raise PatternError(path, "expected a mapping of canonical fields, record, $or, $and and $not")
         if not pattern:
             raise PatternError(path, "an empty pattern would match every event; add at least one key")
         self.source: dict[str, Any] = dict(pattern)
         canon: list[tuple[str, _Leaf]] = []
         ors: list[tuple[Pattern, ...]] = []
+        ands: list[Pattern] = []
+        nots: list[Pattern] = []
         record: _Object | None = None
         for key, value in pattern.items():
             sub = f"{path}.{key}"
@@ -466,6 +678,10 @@ class Pattern:
             elif key == OR_KEY:
                 branches = _or_list(value, sub)
                 ors.append(tuple(Pattern(b, f"{sub}[{i}]") for i, b in enumerate(branches)))
+            elif key == AND_KEY:
+                ands += [Pattern(b, f"{sub}[{i}]") for i, b in enumerate(_and_list(value, sub))]
+            elif key == NOT_KEY:
+                nots.append(Pattern(value, sub))
             elif key in CANONICAL_FIELDS:
                 if isinstance(value, dict):
                     raise PatternError(sub, "canonical fields are strings: expected a list of alternatives")
@@ -474,15 +690,26 @@ class Pattern:
                 raise PatternError(
                     sub,
                     f"unknown field {key!r}: top-level keys are canonical fields "
-                    f"({', '.join(CANONICAL_FIELDS)}), 'record' for the raw record, or '$or'",
+                    f"({', '.join(CANONICAL_FIELDS)}), 'record' for the raw record, '$or', '$and' "
+                    "or '$not'",
                 )
         self._canon = tuple(canon)
         self._ors = tuple(ors)
+        self._ands = tuple(ands)
+        self._nots = tuple(nots)
         self._record = record
         self.leaves: dict[str, _LeafInfo] = {k: leaf.info for k, leaf in canon}
-        self.uses_record = record is not None or any(p.uses_record for b in ors for p in b)
-        # Canonical fields the pattern reads, $or branches included.
-        self.fields = frozenset(k for k, _ in canon).union(*(p.fields for b in ors for p in b))
+        nested = [p for b in ors for p in b] + ands + nots
+        # Text the raw record must hold (lower-cased) for the pattern to match; None: no
+        # such requirement. Lets the engine skip parsing records that cannot match.
+        self.needles: Needles | None = _best(
+            [record.needles if record is not None else None]
+            + [_union([p.needles for p in b]) for b in ors]
+            + [a.needles for a in ands]
+        )
+        self.uses_record = record is not None or any(p.uses_record for p in nested)
+        # Canonical fields the pattern reads, $or, $and and $not branches included.
+        self.fields = frozenset(k for k, _ in canon).union(*(p.fields for p in nested))
 
     @property
     def or_branches(self) -> tuple[tuple[Pattern, ...], ...]:
@@ -500,7 +727,11 @@ class Pattern:
                 return False
         if self._record is not None and not self._record(record if record is not None else _EMPTY):
             return False
-        return all(any(b.matches(canonical, record) for b in branches) for branches in self._ors)
+        if not all(any(b.matches(canonical, record) for b in branches) for branches in self._ors):
+            return False
+        return all(a.matches(canonical, record) for a in self._ands) and not any(
+            n.matches(canonical, record) for n in self._nots
+        )
 
     def without(self, keys: frozenset[str]) -> Pattern | None:
         """The same pattern minus top-level canonical ``keys`` (already checked by an index).

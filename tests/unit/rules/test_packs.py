@@ -170,4 +170,4 @@ def test_cloudtrail_failed_call_is_classified_and_rated_warning(engine: RuleEngi
 
 def test_rule_ids_are_stable_identifiers(engine: RuleEngine) -> None:
     for rule in engine.rules:
-        assert re.fullmatch(r"(cis|aws|cts|trailkeeper)\.[a-z0-9.-]+", rule.id), rule.id
+        assert re.fullmatch(r"(cis|aws|cts|trailkeeper)\.[a-z0-9.-]+|sigma\.[0-9a-f-]{36}", rule.id), rule.id
