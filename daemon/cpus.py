@@ -131,16 +131,22 @@ def _v2_limit(root: Path, mounts: list[_Mount], cgroup: PurePosixPath) -> tuple[
         parts = text.split()
         if len(parts) != 2 or parts[0] == "max":
             continue
-        try:
-            quota, period = int(parts[0]), int(parts[1])
-        except ValueError:
-            continue
-        if quota < 0 or period <= 0:
-            continue
-        cpus = max(1, math.ceil(quota / period))
-        if best is None or cpus < best[0]:
-            best = (cpus, f"cgroup v2 cpu.max at {directory}: {quota} {period} ({cpus} CPUs)")
+        cpus = _cpus(parts[0], parts[1])
+        if cpus is not None and (best is None or cpus < best[0]):
+            best = (cpus, f"cgroup v2 cpu.max at {directory}: {parts[0]} {parts[1]} ({cpus} CPUs)")
     return best
+
+
+def _cpus(quota_text: str, period_text: str) -> int | None:
+    """Whole CPUs a quota allows (rounded up: 1.5 CPUs of time keep two workers busy), or None
+    for an unlimited or unreadable quota."""
+    try:
+        quota, period = int(quota_text.strip()), int(period_text.strip())
+    except ValueError:
+        return None
+    if quota < 0 or period <= 0:
+        return None
+    return max(1, math.ceil(quota / period))
 
 
 def _v1_limit(root: Path, mounts: list[_Mount], cgroup: PurePosixPath) -> tuple[int, str] | None:
@@ -157,18 +163,12 @@ def _v1_limit(root: Path, mounts: list[_Mount], cgroup: PurePosixPath) -> tuple[
         period_text = _read(root, directory / "cpu.cfs_period_us")
         if quota_text is None or period_text is None:
             continue
-        try:
-            quota, period = int(quota_text.strip()), int(period_text.strip())
-        except ValueError:
-            continue
-        if quota < 0 or period <= 0:
-            continue
-        cpus = max(1, math.ceil(quota / period))
-        if best is None or cpus < best[0]:
+        cpus = _cpus(quota_text, period_text)
+        if cpus is not None and (best is None or cpus < best[0]):
             best = (
                 cpus,
                 f"cgroup v1 cpu.cfs_quota_us/cpu.cfs_period_us at {directory}: "
-                f"{quota}/{period} ({cpus} CPUs)",
+                f"{quota_text.strip()}/{period_text.strip()} ({cpus} CPUs)",
             )
     return best
 

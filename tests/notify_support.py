@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 
 def _stratus() -> Path:
@@ -160,3 +162,35 @@ def notify_yaml(topics: str, routes: str, delivery: str = "") -> str:
     if delivery:
         text += "  delivery: " + delivery + "\n"
     return text
+
+
+@contextlib.contextmanager
+def moto_sns_to_sqs(**subscription_attributes: str) -> Iterator[dict[str, Any]]:
+    """An SNS topic whose messages land in an SQS queue, on a moto server (server mode,
+    loopback, a free port). ``subscription_attributes`` go to the SQS subscription
+    (a ``FilterPolicy``, say). Yields endpoint, topic_arn, queue_url and the ``sqs`` client."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        kw: dict[str, Any] = {
+            "endpoint_url": endpoint,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing",
+        }
+        sns, sqs = boto3.client("sns", **kw), boto3.client("sqs", **kw)
+        name = f"tk-{time.time_ns()}"
+        topic_arn = sns.create_topic(Name=name)["TopicArn"]
+        queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]
+        sns.subscribe(
+            TopicArn=topic_arn, Protocol="sqs", Endpoint=attrs["QueueArn"], Attributes=subscription_attributes
+        )
+        yield {"endpoint": endpoint, "topic_arn": topic_arn, "queue_url": queue_url, "sqs": sqs}
+    finally:
+        server.stop()

@@ -116,13 +116,4 @@ def fit(text: str, size: Callable[[str], int], limit: int, line_floor: int = LIN
                     hi = mid - 1
             return capped(lo)
         text = capped(line_floor)
-    if size(MARKER) > limit:
-        return ""
-    lo, hi = 0, len(text)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if size(_tidy(text[:mid]) + MARKER) <= limit:
-            lo = mid
-        else:
-            hi = mid - 1
-    return _tidy(text[:lo]) + MARKER
+    return clip(text, limit, size)

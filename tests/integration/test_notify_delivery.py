@@ -26,7 +26,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from daemon.app import App
 from daemon.config import parse_config
 from tests.conftest import base_config_text, free_port
-from tests.notify_support import Receiver, notify_yaml, post_events, stop_logging_record
+from tests.notify_support import Receiver, moto_sns_to_sqs, notify_yaml, post_events, stop_logging_record
 
 pytestmark = pytest.mark.integration
 
@@ -53,30 +53,9 @@ def smtp_server() -> Iterator[tuple[Controller, _Mailbox]]:
 
 
 @pytest.fixture
-def moto_sns() -> Iterator[dict[str, str]]:
-    """SNS topic -> SQS queue on a moto server (server mode, loopback, free port)."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    kw: dict[str, Any] = {
-        "endpoint_url": endpoint,
-        "region_name": "us-east-1",
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-    }
-    sns, sqs = boto3.client("sns", **kw), boto3.client("sqs", **kw)
-    name = f"tk-{time.time_ns()}"
-    topic_arn = sns.create_topic(Name=name)["TopicArn"]
-    queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
-    yield {"endpoint": endpoint, "topic_arn": topic_arn, "queue_url": queue_url}
-    server.stop()
+def moto_sns() -> Iterator[dict[str, Any]]:
+    with moto_sns_to_sqs() as sns:
+        yield sns
 
 
 def _chat_subs(r: Receiver) -> str:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import orjson
 import pytest
 
@@ -23,8 +21,8 @@ from daemon.notify.outbox import OutMessage
 from daemon.notify.sns import SnsSender
 from daemon.notify.templates import Renderer, context
 from daemon.notify.webhook import WebhookSender
-from tests.conftest import base_config_text, free_port
-from tests.notify_support import Receiver, notify_yaml, post_events, stop_logging_record
+from tests.conftest import base_config_text
+from tests.notify_support import Receiver, moto_sns_to_sqs, notify_yaml, post_events, stop_logging_record
 
 pytestmark = pytest.mark.integration
 
@@ -83,33 +81,10 @@ async def test_hostile_user_name_reaches_slack_and_dingtalk_inert(tmp_path: Path
 @pytest.fixture
 def moto_sns_filtered() -> Iterator[dict[str, Any]]:
     """SNS topic -> SQS queue subscribed with a filter policy on severity (raw delivery off)."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    kw: dict[str, Any] = {
-        "endpoint_url": endpoint,
-        "region_name": "us-east-1",
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-    }
-    sns, sqs = boto3.client("sns", **kw), boto3.client("sqs", **kw)
-    name = f"tk-filter-{time.time_ns()}"
-    topic_arn = sns.create_topic(Name=name)["TopicArn"]
-    queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    sns.subscribe(
-        TopicArn=topic_arn,
-        Protocol="sqs",
-        Endpoint=queue_arn,
-        Attributes={"FilterPolicy": json.dumps({"severity": ["high"]}), "RawMessageDelivery": "false"},
-    )
-    yield {"endpoint": endpoint, "topic_arn": topic_arn, "queue_url": queue_url, "sqs": sqs}
-    server.stop()
+    with moto_sns_to_sqs(
+        FilterPolicy=json.dumps({"severity": ["high"]}), RawMessageDelivery="false"
+    ) as sns:
+        yield sns
 
 
 def _event_message(protocol: str, severity: str, operation: str, msg_id: str) -> OutMessage:
