@@ -26,6 +26,7 @@ from daemon import telemetry
 from daemon.api.admin import AdminApi
 from daemon.api.audit import Auditor
 from daemon.api.auth import Authenticator, Principal
+from daemon.api.cloudtrail import CloudTrailApi
 from daemon.api.errors import JsonErrorAppRunner, json_app
 from daemon.api.routes import ApiGuard, ProofProvider, QueryApi
 from daemon.archive.archiver import Archiver, Delivery, Listener
@@ -219,6 +220,7 @@ class App:
             HttpIngest(c.ingest.http, self.intake, self.decode_pool, self.guard).add_routes(api)
             if self.index is not None:
                 QueryApi(self.index, self.guard, self.proof or self._proof).add_routes(api)
+                CloudTrailApi(self.index, self.guard).add_routes(api)
             # Getters: reload replaces the notifier, and it starts after the listener.
             AdminApi(
                 self.guard,

@@ -47,6 +47,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.api import sigv4
 from daemon.api.throttle import FailureThrottle, SourceResolver, parse_networks
 from daemon.intake import DEFAULT_AUDIT_TENANT
 from daemon.telemetry import get_logger
@@ -170,6 +171,25 @@ class FailureConfig(_Strict):
     """
 
 
+class AccessKeyConfig(_Strict):
+    """One AWS-style access key for the CloudTrail-compatible API (SigV4-signed requests): an id,
+    its secret, and like a token a name, a role and tenants."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$")
+    """Names the caller in the audit trail, like a token's name (unique across tokens and keys)."""
+    id: str = Field(pattern=r"^[A-Z0-9]{16,128}$")
+    """The access key id clients send (aws_access_key_id): 16 to 128 upper-case letters or digits."""
+    secret: str = Field(min_length=16)
+    """The secret access key. SigV4 signs with the secret itself, so it must be here: write it as
+    ${ENV} (or mount it through auth.tokens_file's Secret) rather than in the file."""
+    role: Role
+    """producer, auditor or admin, as for tokens."""
+    tenants: list[str] = Field(min_length=1)
+    """Tenants this key may read or send; ["*"]: every tenant."""
+    rate_limit: RateLimitConfig | None = None
+    """This key's own limit; null: auth.rate_limit applies."""
+
+
 class AuthConfig(_Strict):
     """``auth:``: who may call the API."""
 
@@ -196,6 +216,9 @@ class AuthConfig(_Strict):
     """
     failures: FailureConfig = Field(default_factory=FailureConfig)
     """Throttling of failed authentication, and summarised audit of refusals (401, 429)."""
+    access_keys: list[AccessKeyConfig] = Field(default_factory=list)
+    """AWS-style access keys for the CloudTrail-compatible API (POST / with SigV4, as the AWS CLI
+    and SDKs send); empty: that API refuses every caller."""
     trusted_proxies: list[str] = Field(default_factory=list)
     """Addresses or CIDR networks of reverse proxies whose X-Forwarded-For names the client; empty: the
     peer address is the source and X-Forwarded-For is ignored.
@@ -231,6 +254,14 @@ class AuthConfig(_Strict):
                 problems.append(f"{at}.sha256: the same token is defined twice")
             names.add(token.name)
             digests.add(token.sha256)
+        key_ids: set[str] = set()
+        for i, key in enumerate(self.access_keys):
+            if key.name in names:
+                problems.append(f"access_keys[{i}].name: {key.name!r} is already a token or key name")
+            if key.id in key_ids:
+                problems.append(f"access_keys[{i}].id: access key {key.id} is defined twice")
+            names.add(key.name)
+            key_ids.add(key.id)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -348,6 +379,13 @@ class Authenticator:
         for i, digest in enumerate(legacy_ingest_hashes or []):
             d = digest.strip().lower().removeprefix("sha256:")
             self._by_digest.setdefault(d, Principal(f"ingest-token-{i}", "producer", None, config.rate_limit))
+        self._by_key_id: dict[str, tuple[str, Principal]] = {}
+        for key in config.access_keys:
+            tenants = None if key.tenants == ["*"] else frozenset(key.tenants)
+            self._by_key_id[key.id] = (
+                key.secret,
+                Principal(key.name, key.role, tenants, key.rate_limit or config.rate_limit),
+            )
         self.open_ingest = not self._by_digest and config.anonymous_ingest
         if self.open_ingest:
             log.warning(
@@ -397,6 +435,40 @@ class Authenticator:
             return AuthFailure("expired_token", _INVALID, detail, digest, principal)
         return principal
 
+
+    def authenticate_signed(
+        self,
+        header: str,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> Principal | AuthFailure:
+        """A SigV4-signed request (``Authorization: AWS4-HMAC-SHA256 ...``): the principal of its
+        access key when the signature, recomputed with that key's secret, matches."""
+        try:
+            auth = sigv4.parse_authorization(header)
+        except sigv4.SignatureError as exc:
+            return AuthFailure("no_token", exc.public)
+        # The failure throttle keys unknown credentials by a digest, as for tokens.
+        digest = hash_token(f"sigv4:{auth.access_key_id}")
+        found = self._by_key_id.get(auth.access_key_id)
+        if found is None:
+            return AuthFailure(
+                "bad_token", _INVALID_KEY, f"unknown access key {auth.access_key_id[:128]}", digest=digest
+            )
+        secret, principal = found
+        try:
+            now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+            sigv4.verify(auth, secret, method, raw_path, raw_query, headers, body, now)
+        except sigv4.SignatureError as exc:
+            return AuthFailure("bad_token", exc.public, f"{principal.name}: {exc}", digest=digest)
+        return principal
+
+
+# One answer for an unknown key id and a wrong signature: it must not tell which key ids exist.
+_INVALID_KEY = sigv4.MISMATCH
 
 # One answer for unknown and expired tokens: the answer must not tell which tokens exist.
 _INVALID = "the bearer token is not valid"

@@ -117,6 +117,11 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Re
     return error_response(status, text or exc.reason or _REASONS.get(status, "request failed"), headers)
 
 
+def _is_json(content_type: str) -> bool:
+    """JSON, including the AWS JSON protocol's own type (the CloudTrail-compatible API's errors)."""
+    return content_type == "application/json" or content_type.startswith("application/x-amz-json-")
+
+
 @web.middleware
 async def json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -136,7 +141,7 @@ async def json_errors(
         raise
     except Exception as exc:
         return internal_error(request, exc)
-    if response.status < 400 or response.prepared or response.content_type == "application/json":
+    if response.status < 400 or response.prepared or _is_json(response.content_type):
         return response
     if isinstance(response, web.HTTPException):
         return _from_http_exception(request, response)

@@ -24,6 +24,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from daemon import telemetry
+from daemon.api import sigv4
 from daemon.api.audit import Auditor
 from daemon.api.auth import Action, Authenticator, AuthFailure, Principal, RateLimiter
 from daemon.api.errors import error_response
@@ -144,7 +145,20 @@ class ApiGuard:
         if action == "ingest" and self.auth.open_ingest:
             return await handler(request, None)
         address = self.auth.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
-        found = self.auth.authenticate(request.headers.get("Authorization"))
+        header = request.headers.get("Authorization")
+        if sigv4.is_sigv4(header):
+            assert header is not None
+            # SigV4 signs the body: read it here (aiohttp keeps it for the handler).
+            found = self.auth.authenticate_signed(
+                header,
+                request.method,
+                request.rel_url.raw_path,
+                request.rel_url.raw_query_string,
+                list(request.headers.items()),
+                await request.read(),
+            )
+        else:
+            found = self.auth.authenticate(header)
         if isinstance(found, AuthFailure):
             # A valid token never gets here: the failure buckets only ever slow failures.
             wait = self.auth.throttle(found, address)
