@@ -168,6 +168,20 @@ class TrackerConfig(Strict):
     """Sign this tracker's files: Merkle leaves, signed checkpoints and a digest chain."""
     filter: dict[str, Any] | None = None
     """An event pattern (the rules' language) selecting this tracker's events; null: all events."""
+    layout: Literal["trailkeeper", "cloudtrail"] = "trailkeeper"
+    """Archive key layout. trailkeeper: <prefix>/<tracker>/<tenant>/<region>/YYYY/MM/DD/...;
+    cloudtrail: CloudTrail's own, <prefix>/AWSLogs/<tenant>/CloudTrail/<region>/YYYY/MM/DD/
+    <tenant>_CloudTrail_<region>_<time>_<unique>.json.gz, which tools made for CloudTrail archives
+    read as they are (needs gzip; one such tracker per store and prefix). Digests stay under
+    <prefix>/<tracker>/_digest either way."""
+
+    @model_validator(mode="after")
+    def _cloudtrail_gzip(self) -> TrackerConfig:
+        if self.layout == "cloudtrail" and self.file.compression != "gzip":
+            raise ValueError(
+                "file.compression: layout cloudtrail writes .json.gz as CloudTrail does; use gzip"
+            )
+        return self
 
     @field_validator("filter")
     @classmethod
@@ -273,6 +287,22 @@ class Config(Strict):
             if tracker.name in seen:
                 errors.append(f"trackers[{i}].name: tracker {tracker.name!r} is defined twice")
             seen.add(tracker.name)
+        cloudtrail: dict[tuple[str, str], str] = {}
+        for tracker in self.trackers:
+            if tracker.layout == "cloudtrail":
+                cloudtrail.setdefault((tracker.store, tracker.prefix.strip("/")), tracker.name)
+        for i, tracker in enumerate(self.trackers):
+            owner = cloudtrail.get((tracker.store, tracker.prefix.strip("/")))
+            if tracker.layout == "cloudtrail" and owner != tracker.name:
+                errors.append(
+                    f"trackers[{i}].layout: tracker {owner!r} already writes the CloudTrail layout under "
+                    f"store {tracker.store!r} prefix {tracker.prefix!r}; give each its own prefix"
+                )
+            elif owner is not None and tracker.layout != "cloudtrail" and tracker.name == "AWSLogs":
+                errors.append(
+                    f"trackers[{i}].name: AWSLogs is where tracker {owner!r} writes the CloudTrail layout "
+                    f"under prefix {tracker.prefix!r}; rename the tracker"
+                )
         jobs: set[str] = set()
         for i, job in enumerate(self.backup.jobs):
             for field_name, store in (("from", job.source), ("to", job.destination)):

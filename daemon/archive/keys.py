@@ -2,6 +2,11 @@
 
 ``<prefix>/<tracker>/<tenant>/<region>/YYYY/MM/DD/<writer>_<tracker>_<YYYYMMDDTHHMMZ>_<first>-<last>.json.gz``
 
+or, for a tracker with ``layout: cloudtrail``, CloudTrail's own layout, which Athena's
+CloudTrail table, Trino, Spark and SIEM add-ons read as they read CloudTrail's:
+
+``<prefix>/AWSLogs/<tenant>/CloudTrail/<region>/YYYY/MM/DD/<tenant>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<writer>-<first>-<last>.json.gz``
+
 The time is the journal receive time of the file's first event and the range is
 its journal offsets, so re-delivering the same batch after a crash writes the
 same key instead of a duplicate.
@@ -16,7 +21,7 @@ from typing import NamedTuple
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 # The end of a file name: its journal offset range, then the extension (json.gz, json.zst, jsonl.gz).
-_RANGE_AND_EXTENSION = re.compile(r"(_\d+-\d+)(\.[^/_]+)$")
+_RANGE_AND_EXTENSION = re.compile(r"([_-]\d+-\d+)(\.[^/_]+)$")
 UNKNOWN = "_unknown"
 
 
@@ -76,6 +81,20 @@ def file_key(
         if p
     ]
     return "/".join(parts)
+
+
+CLOUDTRAIL_ROOT = "AWSLogs"
+
+
+def cloudtrail_file_key(
+    prefix: str, writer: str, part: Partition, first_received_ms: int, first: int, last: int
+) -> str:
+    """A file key in CloudTrail's layout. The unique part is the writer and the journal offset
+    range, so a re-delivered batch writes the same key, as in the default layout."""
+    stamp = dt.datetime.fromtimestamp(first_received_ms / 1000, tz=dt.UTC).strftime("%Y%m%dT%H%MZ")
+    name = f"{part.tenant}_CloudTrail_{part.region}_{stamp}_{writer}-{first:020d}-{last:020d}.json.gz"
+    parts = [prefix.strip("/"), CLOUDTRAIL_ROOT, part.tenant, "CloudTrail", part.region, part.day, name]
+    return "/".join(p for p in parts if p)
 
 
 def conflict_key(key: str, sha256: str) -> str:

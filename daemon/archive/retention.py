@@ -30,6 +30,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict
 
 from daemon import telemetry
+from daemon.archive.keys import CLOUDTRAIL_ROOT
 from daemon.stores.base import Store, StoreError
 from daemon.stores.s3 import S3Store
 from daemon.telemetry import get_logger
@@ -60,6 +61,8 @@ class TrackerSettings(Protocol):
     def prefix(self) -> str: ...
     @property
     def retention_days(self) -> int | None: ...
+    @property
+    def layout(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class TrackerRetention:
     store: Store
     root: str  # the tracker's key prefix inside the store, ending in "/"
     days: int
+    layout: str = "trailkeeper"
 
 
 @dataclass(slots=True)
@@ -80,13 +84,17 @@ class RoundReport:
     failures: dict[str, str] = field(default_factory=dict)
 
 
-def tracker_root(prefix: str, tracker: str) -> str:
+def tracker_root(prefix: str, tracker: str, layout: str = "trailkeeper") -> str:
     """The key prefix under which a tracker's files live (see daemon.archive.keys)."""
-    parts = [p for p in (prefix.strip("/"), tracker) if p]
+    top = CLOUDTRAIL_ROOT if layout == "cloudtrail" else tracker
+    parts = [p for p in (prefix.strip("/"), top) if p]
     return "/".join(parts) + "/"
 
 
-def _file_pattern(tracker: str) -> re.Pattern[str]:
+def _file_pattern(tracker: str, layout: str = "trailkeeper") -> re.Pattern[str]:
+    if layout == "cloudtrail":
+        # <tenant>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<writer>-<first>-<last>.json.gz
+        return re.compile(r"^.+_CloudTrail_.+_\d{8}T\d{4}Z_[A-Za-z0-9]+-\d+-\d+(?:_[0-9a-f]+)?\.json\.gz$")
     # <writer>_<tracker>_<YYYYMMDDTHHMMZ>_<first>-<last>.json[.gz|.zst]
     name = re.escape(tracker)
     return re.compile(rf"^[^/]+_{name}_\d{{8}}T\d{{4}}Z_\d+-\d+(?:_[0-9a-f]+)?\.json(?:\.\w+)?$")
@@ -134,7 +142,9 @@ class Retention:
     ) -> Retention:
         """Retention for every tracker that sets ``retention_days`` (the others keep forever)."""
         items = [
-            TrackerRetention(t.name, stores[t.store], tracker_root(t.prefix, t.name), t.retention_days)
+            TrackerRetention(
+                t.name, stores[t.store], tracker_root(t.prefix, t.name, t.layout), t.retention_days, t.layout
+            )
             for t in trackers
             if t.retention_days is not None
         ]
@@ -167,7 +177,7 @@ class Retention:
 
     async def _sweep(self, t: TrackerRetention, report: RoundReport) -> None:
         now = self.clock()
-        names = _file_pattern(t.tracker)
+        names = _file_pattern(t.tracker, t.layout)
         deleted: list[str] = []
         locked: list[str] = []
         kept = 0

@@ -47,6 +47,8 @@ def tracker_delivery(
     f = config.file
 
     def key(part: keys.Partition, first_ms: int, first: int, last: int) -> str:
+        if config.layout == "cloudtrail":
+            return keys.cloudtrail_file_key(config.prefix, writer, part, first_ms, first, last)
         return keys.file_key(
             config.prefix,
             config.name,

@@ -20,3 +20,17 @@ def test_conflict_key_keeps_the_extension(ext: str) -> None:
 def test_conflict_key_refuses_a_foreign_key() -> None:
     with pytest.raises(ValueError):
         keys.conflict_key("trails/some/other.json.gz", SHA)
+
+
+def test_the_cloudtrail_layout_is_cloudtrail_s_and_deterministic() -> None:
+    part = keys.partition_of("111122223333", "eu-west-1", 1_722_431_184_000)
+    key = keys.cloudtrail_file_key("logs/", "tk5e1", part, 1_722_431_184_000, 3, 9)
+    assert key == (
+        "logs/AWSLogs/111122223333/CloudTrail/eu-west-1/2024/07/31/"
+        "111122223333_CloudTrail_eu-west-1_20240731T1306Z_tk5e1-00000000000000000003-00000000000000000009.json.gz"
+    )
+    # The same batch again (a re-delivery after a crash) is the same key: no duplicate file.
+    assert keys.cloudtrail_file_key("logs", "tk5e1", part, 1_722_431_184_000, 3, 9) == key
+    assert keys.cloudtrail_file_key("logs", "tk5e2", part, 1_722_431_184_000, 3, 9) != key
+    copy = keys.conflict_key(key, SHA)
+    assert copy == key.removesuffix(".json.gz") + "_cb0548628933.json.gz"

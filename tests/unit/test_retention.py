@@ -95,3 +95,31 @@ retention: {{interval: 10m}}
     r = Retention.from_config(cfg.retention, cfg.trackers, stores)
     assert [(t.tracker, t.root, t.days) for t in r.trackers] == [("short", "b/c/short/", 7)]
     assert r.config.interval == 600
+
+
+async def test_a_cloudtrail_layout_tracker_sweeps_its_own_old_files_only(tmp_path: Path) -> None:
+    from daemon.archive import keys
+
+    store = LocalStore("local", LocalStoreConfig(path=tmp_path))
+    now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    old_ms = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    young_ms = int(dt.datetime(2026, 2, 28, tzinfo=dt.UTC).timestamp() * 1000)
+    old_key = keys.cloudtrail_file_key(
+        "trails", "w1", keys.partition_of("1111", "us-east-1", old_ms), old_ms, 0, 4
+    )
+    young_key = keys.cloudtrail_file_key(
+        "trails", "w1", keys.partition_of("1111", "us-east-1", young_ms), young_ms, 5, 9
+    )
+    digest = "trails/ct/_digest/w1/2026/01/01/w1_ct_20260101T000000Z_000000000001.json"
+    stranger = "trails/AWSLogs/1111/CloudTrail/us-east-1/2026/01/01/notes.txt"
+    for k in (old_key, young_key, digest, stranger):
+        await store.put(k, b"x")
+    retention = Retention(
+        [TrackerRetention("ct", store, tracker_root("trails", "ct", "cloudtrail"), 30, "cloudtrail")],
+        RetentionConfig(interval=60),
+        clock=lambda: now.timestamp(),
+    )
+    report = await retention.run_once()
+    assert report.deleted["ct"] == [old_key]
+    left = {o.key async for o in store.list("trails/")}
+    assert left == {young_key, digest, stranger}
