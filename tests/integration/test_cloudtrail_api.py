@@ -26,7 +26,7 @@ from daemon.api import sigv4
 from daemon.app import App
 from daemon.config import parse_config
 from daemon.index.query import Query
-from tests.conftest import base_config_text
+from tests.conftest import base_config_text, read_archive
 from tests.deploytools import cached_venv
 
 pytestmark = pytest.mark.integration
@@ -37,6 +37,7 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cloudtrail-str
 AUDITOR_A = ("AKIATRAILKEEPERA0001", "secret-of-tenant-a-auditor-0001")
 ADMIN = ("AKIATRAILKEEPERADMIN", "secret-of-the-admin-key-000001")
 PRODUCER = "producer-token-for-the-cloudtrail-api-test"
+PRODUCER_KEY_A = ("AKIATRAILKEEPERPROD1", "secret-of-tenant-a-producer-0001")
 
 
 def aws_cli() -> Path:
@@ -62,6 +63,8 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[App, list[dict[str, Any]
         f"    - {{name: auditor-a, id: {AUDITOR_A[0]}, secret: {AUDITOR_A[1]}, role: auditor,"
         " tenants: ['tenant-a']}\n"
         f"    - {{name: admin, id: {ADMIN[0]}, secret: {ADMIN[1]}, role: admin, tenants: ['*']}}\n"
+        f"    - {{name: producer-a, id: {PRODUCER_KEY_A[0]}, secret: {PRODUCER_KEY_A[1]}, role: producer,"
+        " tenants: ['tenant-a']}\n"
     )
     app = App(parse_config(base_config_text(tmp_path, auth=keys)))
     await app.start()
@@ -93,7 +96,9 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[App, list[dict[str, Any]
         await app.stop()
 
 
-def run_aws(app: App, key: tuple[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run_aws(
+    app: App, key: tuple[str, str], *args: str, service: str = "cloudtrail"
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
@@ -104,13 +109,15 @@ def run_aws(app: App, key: tuple[str, str], *args: str) -> subprocess.CompletedP
         "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
         "AWS_MAX_ATTEMPTS": "1",
     }
-    cmd = [str(aws_cli()), "cloudtrail", *args, "--endpoint-url", f"http://127.0.0.1:{app.http_port}"]
+    cmd = [str(aws_cli()), service, *args, "--endpoint-url", f"http://127.0.0.1:{app.http_port}"]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
 
 
-async def aws(app: App, key: tuple[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+async def aws(
+    app: App, key: tuple[str, str], *args: str, service: str = "cloudtrail"
+) -> subprocess.CompletedProcess[str]:
     # The CLI is a blocking subprocess; the daemon's loop must keep turning to answer it.
-    return await asyncio.to_thread(run_aws, app, key, *args)
+    return await asyncio.to_thread(run_aws, app, key, *args, service=service)
 
 
 def expected_ids(sent: list[dict[str, Any]], tenant: str, **match: str) -> set[str]:
@@ -156,7 +163,9 @@ async def test_an_auditor_key_sees_only_its_tenant(daemon: tuple[App, list[dict[
     assert app.index is not None
     async with asyncio.timeout(20):
         while True:
-            page = await app.index.search(Query.from_params({"operation": "LookupEvents", "user": "auditor-a"}))
+            page = await app.index.search(
+                Query.from_params({"operation": "LookupEvents", "user": "auditor-a"})
+            )
             if page.items:
                 break
             await asyncio.sleep(0.2)
@@ -285,3 +294,148 @@ async def test_a_request_signed_twenty_minutes_ago_is_refused(
         good = signed(now)
         async with s.post(url, data=b'{"MaxResults": 1}', headers=good) as r:
             assert r.status == 401, await r.text()
+
+
+async def test_max_items_pages_on_the_client_and_each_event_comes_once(
+    daemon: tuple[App, list[dict[str, Any]]],
+) -> None:
+    app, sent = daemon
+    seen: list[str] = []
+    token: str | None = None
+    while True:
+        args = ["lookup-events", "--max-items", "40", "--page-size", "15"]
+        if token:
+            args += ["--starting-token", token]
+        proc = await aws(app, ADMIN, *args)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert len(doc["Events"]) <= 40
+        seen += [e["EventId"] for e in doc["Events"]]
+        token = doc.get("NextToken")
+        if not token:
+            break
+    assert sorted(seen) == sorted(r["eventID"] for r in sent)
+
+
+def lake_event(uid: str, account: str, name: str = "CreateWidget") -> dict[str, Any]:
+    return {
+        "version": "1.0",
+        "UID": uid,
+        "userIdentity": {
+            "type": "CustomUserIdentity",
+            "principalId": "alice@example.com",
+            "details": {"k": "v"},
+        },
+        "eventSource": "widgets.example.com",
+        "eventName": name,
+        "eventTime": "2026-12-04T10:00:00Z",
+        "sourceIPAddress": "10.1.2.3",
+        "recipientAccountId": account,
+        "requestParameters": {"widget": uid},
+    }
+
+
+async def test_put_audit_events_from_the_cli_are_stored_archived_and_found(
+    daemon: tuple[App, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    app, sent = daemon
+    channel = "arn:aws:cloudtrail:us-east-1:111122223333:channel/widgets"
+    events = [lake_event(f"w-{i}", "tenant-a") for i in range(3)]
+    batch = [{"id": f"e{i}", "eventData": json.dumps(e)} for i, e in enumerate(events)]
+    batch.append({"id": "broken", "eventData": "{not json"})
+    proc = await aws(
+        app,
+        PRODUCER_KEY_A,
+        "put-audit-events",
+        "--channel-arn",
+        channel,
+        "--audit-events",
+        json.dumps(batch),
+        service="cloudtrail-data",
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert sorted(s["id"] for s in doc["successful"]) == ["e0", "e1", "e2"]
+    assert [f["id"] for f in doc["failed"]] == ["broken"] and doc["failed"][0][
+        "errorCode"
+    ] == "InvalidEventData"
+    # Found by LookupEvents, with every field as sent.
+    assert app.index is not None
+    async with asyncio.timeout(20):
+        while (await app.index.count()) < len(sent) + 3:
+            await asyncio.sleep(0.1)
+    proc = await aws(
+        app,
+        AUDITOR_A,
+        "lookup-events",
+        "--lookup-attributes",
+        "AttributeKey=EventName,AttributeValue=CreateWidget",
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["Events"]
+    assert {e["EventId"] for e in found} == {s["eventID"] for s in doc["successful"]}
+    for e in found:
+        stored = json.loads(e["CloudTrailEvent"])
+        original = next(x for x in events if x["UID"] == stored["UID"])
+        assert {k: stored[k] for k in original} == original and stored["channelArn"] == channel
+    # A retried call stores nothing twice: the same UID gives the same eventID.
+    again = await aws(
+        app,
+        PRODUCER_KEY_A,
+        "put-audit-events",
+        "--channel-arn",
+        channel,
+        "--audit-events",
+        json.dumps(batch[:1]),
+        service="cloudtrail-data",
+    )
+    assert json.loads(again.stdout)["successful"][0]["eventID"] == next(
+        s["eventID"] for s in doc["successful"] if s["id"] == "e0"
+    )
+    # Archived: the record is in an archive file of tenant-a.
+    async with asyncio.timeout(20):
+        while not any(b"w-1" in r for r in read_archive(tmp_path / "archive")):
+            await asyncio.sleep(0.2)
+    # The broken one is quarantined with its reason, not dropped.
+    async with asyncio.timeout(20):
+        while not any(
+            b"{not json" in _quarantined(p) for p in (tmp_path / "archive" / "quarantine").rglob("*.gz")
+        ):
+            await asyncio.sleep(0.2)
+
+
+def _quarantined(path: Path) -> bytes:
+    import base64
+    import gzip
+
+    try:
+        lines = gzip.decompress(path.read_bytes()).splitlines()
+    except (OSError, EOFError):
+        return b""
+    return b"\n".join(base64.b64decode(json.loads(line)["raw_b64"]) for line in lines)
+
+
+async def test_put_audit_events_for_another_tenant_writes_nothing(
+    daemon: tuple[App, list[dict[str, Any]]],
+) -> None:
+    app, _sent = daemon
+    assert app.index is not None
+    before = await app.index.count()
+    batch = [
+        {"id": "mine", "eventData": json.dumps(lake_event("x-1", "tenant-a"))},
+        {"id": "theirs", "eventData": json.dumps(lake_event("x-2", "tenant-b"))},
+    ]
+    proc = await aws(
+        app,
+        PRODUCER_KEY_A,
+        "put-audit-events",
+        "--channel-arn",
+        "arn:aws:cloudtrail:us-east-1:1:channel/c",
+        "--audit-events",
+        json.dumps(batch),
+        service="cloudtrail-data",
+    )
+    assert proc.returncode != 0 and "AccessDeniedException" in proc.stderr, proc.stderr
+    await asyncio.sleep(1.0)
+    page = await app.index.search(Query.from_params({"operation": "CreateWidget"}))
+    assert not page.items and await app.index.count() <= before + 2  # at most the audit records
