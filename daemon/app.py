@@ -27,6 +27,7 @@ from daemon.api.admin import AdminApi
 from daemon.api.audit import Auditor
 from daemon.api.auth import Authenticator, Principal
 from daemon.api.cloudtrail import CloudTrailApi
+from daemon.api.cloudtrail_data import CloudTrailDataApi
 from daemon.api.errors import JsonErrorAppRunner, json_app
 from daemon.api.routes import ApiGuard, ProofProvider, QueryApi
 from daemon.archive.archiver import Archiver, Delivery, Listener
@@ -48,7 +49,7 @@ from daemon.integrity.validate import load_last_validation
 from daemon.journal import Journal
 from daemon.notify import notifier as notify_mod
 from daemon.rules.model import SEVERITIES
-from daemon.rules.ruleset import RuleSet
+from daemon.rules.ruleset import RuleSet, hold_cursor
 from daemon.sources.base import QueueSource
 from daemon.sources.http import HttpIngest
 from daemon.sources.registry import build_source
@@ -130,6 +131,8 @@ class App:
         self._watch_tasks: list[asyncio.Task[None]] = []
         self.http_port: int | None = None
         self.metrics_port: int | None = None
+        self._correlation_stop = asyncio.Event()
+        self._correlation_task: asyncio.Task[None] | None = None
 
     # --- startup ----------------------------------------------------------------------------
 
@@ -158,7 +161,10 @@ class App:
         consumers = [d.cursor for d in deliveries] + ([INDEX_CURSOR] if c.index.enabled else [])
         if notify_mod.enabled(c.notify):
             consumers.append(notify_mod.CURSOR)
-        report = await self.journal.open(consumers=consumers)
+        # The index and the notifier classify, so each keeps correlation state; its hold
+        # cursor keeps the journal entries that state may have to be rebuilt from.
+        correlating = [n for n in (INDEX_CURSOR, notify_mod.CURSOR) if n in consumers]
+        report = await self.journal.open(consumers=consumers + [hold_cursor(n) for n in correlating])
         log.info(
             "journal.recovered",
             dir=str(c.journal.dir),
@@ -171,6 +177,10 @@ class App:
             backlog={name: report.end_offset - off for name, off in report.cursors.items()},
         )
         state_dir = c.journal.dir / "state"
+        await self.rules.restore(self.journal, state_dir, correlating)
+        self._correlation_task = asyncio.create_task(
+            self._guard(self.rules.run_persist(self.journal, self._correlation_stop), "correlation")
+        )
         if c.index.enabled:
             self.index = build_index(c.index, c.journal.dir)
             try:
@@ -218,6 +228,10 @@ class App:
             auditor = Auditor(self.intake, c.auth.audit_tenant, self.writer_id)
             self.guard = ApiGuard(auth, auditor)
             HttpIngest(c.ingest.http, self.intake, self.decode_pool, self.guard).add_routes(api)
+            http = c.ingest.http
+            CloudTrailDataApi(
+                self.intake, self.decode_pool, self.guard, http.max_event_bytes, http.retry_after
+            ).add_routes(api)
             if self.index is not None:
                 QueryApi(self.index, self.guard, self.proof or self._proof).add_routes(api)
                 CloudTrailApi(self.index, self.guard).add_routes(api)
@@ -245,7 +259,12 @@ class App:
             )
         if notify_mod.enabled(c.notify):
             self.notifier = notify_mod.build(
-                self.journal, c, state_dir, self._public_url(), self.rules, self._config_source()
+                self.journal,
+                c,
+                state_dir,
+                self._public_url(),
+                self.rules.consumer(notify_mod.CURSOR),
+                self._config_source(),
             )
             await self.notifier.start()
         for source_config in c.ingest.sources:
@@ -344,7 +363,7 @@ class App:
 
     def _classify(self, event: Event) -> Classification | None:
         """The index's view of the rules: the most severe match, and every matching rule id."""
-        matches = self.rules.match(event)
+        matches = self.rules.consumer(INDEX_CURSOR).match(event)
         if not matches:
             return None
         top = max(matches, key=lambda m: SEVERITIES.index(m.severity) if m.severity in SEVERITIES else -1)
@@ -470,7 +489,7 @@ class App:
                     config,
                     self.config.journal.dir / "state",
                     self._public_url(config),
-                    self.rules,
+                    self.rules.consumer(notify_mod.CURSOR),
                     self._config_source(),
                 )
         except Exception as exc:
@@ -537,6 +556,7 @@ class App:
         if self.integrity is not None:
             # After the archivers: the chain-end digest must list their last files.
             await self.integrity.stop(left(), wait=max(0.0, cutoff - time.monotonic()))
+        await self._stop_correlation()
         await self.journal.close()
         if self.decode_pool is not None:
             await self.decode_pool.close()
@@ -545,6 +565,19 @@ class App:
                 await store.close()
         self.rules.flush_metrics()
         log.info("app.stopped", end_offset=self.journal.end_offset)
+
+    async def _stop_correlation(self) -> None:
+        """After the consumers: save their correlation state as of what they last read."""
+        self._correlation_stop.set()
+        if self._correlation_task is None:
+            return
+        await asyncio.gather(self._correlation_task, return_exceptions=True)
+        self._correlation_task = None
+        try:
+            await self.rules.persist(self.journal)
+        except Exception as exc:
+            # The next start rebuilds from the last snapshot and the journal: nothing is lost.
+            log.error("correlation.save_failed", error=str(exc))
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT, then shut down cleanly."""

@@ -81,6 +81,9 @@ class Event:
     received_ms: int
     source: str = "http"
     _parsed: dict[str, Any] | None = field(default=None, repr=False)
+    # Where the journal holds the event (set when read back from it): lets a consumer's
+    # correlation state tell a re-delivered event from a new one.
+    offset: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -674,7 +677,7 @@ class Entry:
         return value
 
     def event(self) -> Event:
-        return Event(self.record, self.canonical, self.received_ms, self.source)
+        return Event(self.record, self.canonical, self.received_ms, self.source, offset=self.offset)
 
 
 def event_header(payload: bytes) -> tuple[int, bytes, bytes, bytes, bytes, int]:

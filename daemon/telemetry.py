@@ -282,6 +282,20 @@ RULES_RELOADS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+CORRELATION_GROUPS_EVICTED = Counter(
+    "trailkeeper_correlation_groups_evicted_total",
+    "Correlation groups dropped, least recently used first, because a correlation reached "
+    "its group limit (rules.correlation_max_groups), by correlation id.",
+    ["rule"],
+    registry=REGISTRY,
+)
+CORRELATION_STATE_GAPS = Counter(
+    "trailkeeper_correlation_state_gaps_total",
+    "Starts where a consumer's correlation state could not be rebuilt completely (events "
+    "no longer in the journal), by consumer.",
+    ["consumer"],
+    registry=REGISTRY,
+)
 
 
 # --- notifications --------------------------------------------------------------------------

@@ -56,7 +56,10 @@ class RulesConfig(BaseModel):
     sigma_default_category: str = DEFAULT_CATEGORY
     """Category of a Sigma rule that neither its level nor its tags place."""
     disable: list[str] = Field(default_factory=list)
-    """Rule ids to switch off; `trailkeeper rules list` shows the ids in force."""
+    """Rule or correlation ids to switch off; `trailkeeper rules list` shows the ids in force."""
+    correlation_max_groups: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Groups (source addresses, principals...) each correlation tracks at once; past it the
+    least recently seen group is dropped and counted (trailkeeper_correlation_groups_evicted_total)."""
 
     @field_validator("sigma_categories")
     @classmethod

@@ -14,7 +14,8 @@ A rule file is YAML::
         examples:                        # optional; run by `trailkeeper rules test`
           match: [{eventSource: iam.amazonaws.com, eventName: DeleteUser}]
           no_match: [{eventSource: iam.amazonaws.com, eventName: GetUser}]
-    disable: [cis.4.3-root-usage]        # optional: rule ids to switch off
+    correlations: [...]                  # optional: see daemon.rules.correlation
+    disable: [cis.4.3-root-usage]        # optional: rule or correlation ids to switch off
 
 A top-level list is read as ``rules``. Built-in packs load first (sorted by file
 name), then the built-in Sigma pack, then ``rules.files`` in order, then the
@@ -24,6 +25,8 @@ the rule id and the key at fault; nothing is loaded from a set of files with any
 problem. A Sigma rule that cannot be compiled is left out and logged, or, with
 ``rules.sigma_strict``, is such a problem. The built-in Sigma pack is then
 deduplicated against the other rules in force (``daemon.rules.sigma.dedupe``).
+Correlations (``correlations:`` in rule files, ``correlation`` documents among the
+Sigma files) merge the same way, by id, and the rules they name must be in force.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any, Final
 import yaml
 
 from daemon.rules.config import RulesConfig
+from daemon.rules.correlation import Correlation, check_references, parse_correlation
 from daemon.rules.model import SEVERITIES, Rule
 from daemon.rules.pattern import Pattern, PatternError
 from daemon.rules.sigma import (
@@ -48,6 +52,7 @@ from daemon.rules.sigma import (
     compile_paths,
     dedupe,
 )
+from daemon.rules.sigma_correlation import compile_correlation_paths
 from daemon.rules.sigma_mapping import LEVELS
 from daemon.telemetry import get_logger
 
@@ -56,7 +61,7 @@ log = get_logger("rules")
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _CATEGORY_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _RULE_KEYS: Final = ("id", "category", "severity", "description", "tags", "match", "examples")
-_FILE_KEYS: Final = ("rules", "disable", "pack", "description")
+_FILE_KEYS: Final = ("rules", "correlations", "disable", "pack", "description")
 _PACKAGE: Final = "daemon.rules.packs"
 
 
@@ -80,6 +85,15 @@ class RuleFile:
     source: str
     rules: list[Rule] = field(default_factory=list)
     disable: list[str] = field(default_factory=list)
+    correlations: list[Correlation] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Loaded:
+    """Everything in force for a configuration: rules and correlations."""
+
+    rules: list[Rule]
+    correlations: list[Correlation]
 
 
 def _where(source: str, rule_id: Any, index: int) -> str:
@@ -193,6 +207,21 @@ def parse_rule_text(text: str, source: str) -> RuleFile:
             continue
         seen.add(rule.id)
         result.rules.append(rule)
+    raw_correlations = doc.get("correlations", [])
+    if not isinstance(raw_correlations, list):
+        problems.append(f"{source}: correlations: expected a list of correlations")
+        raw_correlations = []
+    for i, raw in enumerate(raw_correlations):
+        correlation = parse_correlation(raw, i, source, problems)
+        if correlation is None:
+            continue
+        if correlation.id in seen:
+            problems.append(
+                f"{source}: correlation {correlation.id!r}: id: also a rule or correlation in this file"
+            )
+            continue
+        seen.add(correlation.id)
+        result.correlations.append(correlation)
     if problems:
         raise RuleLoadError(problems)
     return result
@@ -240,7 +269,15 @@ def assemble(
 
     Raises RuleLoadError when two built-in packs share an id or a disable names no rule.
     """
+    return assemble_all(files, disable, disable_source=disable_source).rules
+
+
+def assemble_all(
+    files: Iterable[RuleFile], disable: Iterable[str] = (), *, disable_source: str = "rules.disable"
+) -> Loaded:
+    """``assemble`` for rules and correlations alike; a correlation's rules must stay in force."""
     by_id: dict[str, Rule] = {}
+    correlations: dict[str, Correlation] = {}
     problems: list[str] = []
     disables: list[tuple[str, str]] = []
     for rule_file in files:
@@ -254,18 +291,34 @@ def assemble(
                 continue
             # dict assignment keeps the original position: an override stays where it was.
             by_id[rule.id] = rule
+        for correlation in rule_file.correlations:
+            earlier = correlations.get(correlation.id)
+            if earlier is not None and builtin and earlier.source.startswith("builtin:"):
+                problems.append(
+                    f"{rule_file.source}: correlation {correlation.id!r}: id: "
+                    f"also defined in {earlier.source}"
+                )
+                continue
+            correlations[correlation.id] = correlation
         disables += [(rule_file.source, d) for d in rule_file.disable]
     disables += [(disable_source, d) for d in disable]
     for source, rule_id in disables:
-        if rule_id not in by_id:
+        if rule_id not in by_id and rule_id not in correlations:
             problems.append(
                 f"{source}: disable: no rule with id {rule_id!r} "
                 "(see `trailkeeper rules list` for the ids in force)"
             )
+    for cid in correlations.keys() & by_id.keys():
+        problems.append(
+            f"{correlations[cid].source}: correlation {cid!r}: id: also a rule ({by_id[cid].source})"
+        )
+    off = {d for _, d in disables}
+    rules = [r for r in by_id.values() if r.id not in off]
+    kept = [c for c in correlations.values() if c.id not in off]
+    problems += check_references(kept, (r.id for r in rules))
     if problems:
         raise RuleLoadError(problems)
-    off = {d for _, d in disables}
-    return [r for r in by_id.values() if r.id not in off]
+    return Loaded(rules, kept)
 
 
 def sigma_options(config: RulesConfig) -> SigmaOptions:
@@ -277,12 +330,19 @@ def sigma_options(config: RulesConfig) -> SigmaOptions:
     )
 
 
-def _user_sigma(config: RulesConfig, problems: list[str]) -> SigmaImport:
+def _user_sigma(config: RulesConfig, problems: list[str]) -> tuple[SigmaImport, list[Correlation]]:
     for i, path in enumerate(config.sigma):
         if not path.exists():
             problems.append(f"rules.sigma[{i}]: {path}: no such file or directory")
-    result = compile_paths([p for p in config.sigma if p.exists()], sigma_options(config))
-    for refusal in result.refused:
+    paths = [p for p in config.sigma if p.exists()]
+    result = compile_paths(paths, sigma_options(config))
+    correlated = compile_correlation_paths(paths, sigma_options(config), (r.id for r in result.rules))
+    # Correlation documents are compiled by daemon.rules.sigma_correlation, not refused.
+    handled = {(r.source, r.rule_id) for r in correlated.handled}
+    for refusal in [
+        *correlated.refused,
+        *(r for r in result.refused if (r.source, r.rule_id) not in handled),
+    ]:
         if config.sigma_strict:
             problems.append(f"{refusal.message()} (rules.sigma_strict is on)")
         else:
@@ -294,7 +354,7 @@ def _user_sigma(config: RulesConfig, problems: list[str]) -> SigmaImport:
                 reason=refusal.reason,
                 action="the rule is left out; `trailkeeper rules import-sigma` reports every rule",
             )
-    return result
+    return result, correlated.correlations
 
 
 def builtin_sigma_rules(config: RulesConfig, packs: list[RuleFile]) -> list[Rule]:
@@ -315,6 +375,11 @@ def load_rules(config: RulesConfig) -> list[Rule]:
 
     Raises RuleLoadError listing every problem in every file; then nothing is loaded.
     """
+    return load_all(config).rules
+
+
+def load_all(config: RulesConfig) -> Loaded:
+    """``load_rules`` with the correlations in force. Blocking; raises RuleLoadError."""
     problems: list[str] = []
     files: list[RuleFile] = []
     if config.builtin:
@@ -334,7 +399,8 @@ def load_rules(config: RulesConfig) -> list[Rule]:
         except RuleLoadError as exc:
             problems += exc.problems
     if config.sigma:
-        files.append(RuleFile("rules.sigma", _user_sigma(config, problems).rules))
+        imported, sigma_correlations = _user_sigma(config, problems)
+        files.append(RuleFile("rules.sigma", imported.rules, correlations=sigma_correlations))
     if problems:
         raise RuleLoadError(problems)
-    return assemble(files, config.disable)
+    return assemble_all(files, config.disable)

@@ -475,7 +475,7 @@ def _examples(
 
 def _documents(text: str, source: str, result: SigmaImport) -> list[Any]:
     try:
-        collection = SigmaCollection.from_yaml(text, collect_errors=True)
+        collection = SigmaCollection.from_yaml(text, collect_errors=True, resolve_references=False)
     except (yaml.YAMLError, SigmaError) as exc:
         result.refused.append(Refusal(source, "", "", f"not a readable Sigma file: {exc}"))
         return []

@@ -43,6 +43,7 @@ def test_packs_ship_with_the_package() -> None:
     assert builtin_pack_names() == [
         "aws-cis.yaml",
         "aws-key-operations.yaml",
+        "correlations.yaml",
         "cts-key-operations.yaml",
         "trailkeeper-self.yaml",
     ]
