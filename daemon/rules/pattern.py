@@ -11,7 +11,8 @@ Every leaf is a list of alternatives, any of which may match:
 - an exact value: a string, a number, ``true``/``false`` or ``null``;
 - ``{"prefix": "Delete"}`` / ``{"suffix": ".png"}``, each also in the form
   ``{"prefix": {"equals-ignore-case": "delete"}}``;
-- ``{"equals-ignore-case": "rebootserver"}``;
+- ``{"equals-ignore-case": "rebootserver"}``, also with a list of strings, any of
+  which may match (``{"equals-ignore-case": ["rebootServer", "stopServer"]}``);
 - ``{"anything-but": ...}`` with a value, a list of values, or
   ``{"prefix": ...}``, ``{"suffix": ...}``, ``{"equals-ignore-case": ...}``,
   ``{"wildcard": ...}``;
@@ -267,6 +268,10 @@ def _equals_folded(text: str) -> Pred:
     return lambda value: isinstance(value, str) and value.lower() == text
 
 
+def _equals_folded_any(texts: frozenset[str]) -> Pred:
+    return lambda value: isinstance(value, str) and value.lower() in texts
+
+
 def _wildcard(regex: re.Pattern[str]) -> Pred:
     return lambda value: isinstance(value, str) and regex.fullmatch(value) is not None
 
@@ -367,12 +372,15 @@ class _Leaf:
                     text, folded = _string_or_ignore_case(operand, sub, op)
                     preds.append(_ends(text, folded))
                 elif op == "equals-ignore-case":
-                    if not isinstance(operand, str):
-                        raise PatternError(sub, "expected a string")
-                    folded_text = operand.lower()
-                    ignore_case.add(folded_text)
+                    # A list is shorthand for one alternative per string, as anything-but
+                    # takes it: a pack of CTS operation names stays one readable line.
+                    folded_all = frozenset(s.lower() for s in _str_list(operand, sub, op))
+                    ignore_case |= folded_all
                     plain += 1
-                    preds.append(_equals_folded(folded_text))
+                    if len(folded_all) == 1:
+                        preds.append(_equals_folded(next(iter(folded_all))))
+                    else:
+                        preds.append(_equals_folded_any(folded_all))
                 elif op == "anything-but":
                     preds.append(_anything_but_pred(operand, sub, canonical))
                 elif op == "exists":
