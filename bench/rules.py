@@ -71,6 +71,8 @@ def _rename(value: Any, tag: str) -> Any:
         op, operand = next(iter(value.items()))
         if op in ("prefix", "wildcard", "equals-ignore-case") and isinstance(operand, str):
             return {op: operand + tag}
+        if op == "equals-ignore-case" and isinstance(operand, list):
+            return {op: [v + tag if isinstance(v, str) else v for v in operand]}
     return value
 
 

@@ -48,7 +48,7 @@ from daemon.integrity.runtime import Integrity
 from daemon.integrity.validate import load_last_validation
 from daemon.journal import Journal
 from daemon.notify import notifier as notify_mod
-from daemon.rules.model import SEVERITIES
+from daemon.rules.model import summarise
 from daemon.rules.ruleset import RuleSet, hold_cursor
 from daemon.sources.base import QueueSource
 from daemon.sources.http import HttpIngest
@@ -362,12 +362,13 @@ class App:
             self.request_stop()
 
     def _classify(self, event: Event) -> Classification | None:
-        """The index's view of the rules: the most severe match, and every matching rule id."""
+        """The index's view of the rules: one category and severity (``summarise``), and every
+        matching rule id."""
         matches = self.rules.consumer(INDEX_CURSOR).match(event)
         if not matches:
             return None
-        top = max(matches, key=lambda m: SEVERITIES.index(m.severity) if m.severity in SEVERITIES else -1)
-        return Classification(top.category, top.severity, tuple(m.rule for m in matches))
+        category, severity = summarise(matches)
+        return Classification(category, severity, tuple(m.rule for m in matches))
 
     async def _proof(self, stored: StoredEvent) -> dict[str, Any] | None:
         """The inclusion proof of an archived event, once a digest has published its leaf."""

@@ -12,6 +12,28 @@ SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
 KEY_CATEGORIES: Final = ("high_risk", "cost_sensitive", "service_sensitive")
 
 
+def severity_rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+
+
+def summarise(matches: list[Match]) -> tuple[str, str]:
+    """The one (category, severity) an index row keeps for an event with several matches.
+
+    The category is the first of KEY_CATEGORIES that any match has (high-risk before cost
+    before service), else that of the most severe match: an event that is a security risk
+    stays under ``category=high_risk`` even when a cost rule rates it more severe (a refused
+    RunInstances of a large instance), so filtering by the risk category never hides it.
+    The severity is the highest of all matches. ``matches`` must not be empty.
+    """
+    severity = max((m.severity for m in matches), key=severity_rank)
+    present = {m.category for m in matches}
+    for category in KEY_CATEGORIES:
+        if category in present:
+            return category, severity
+    top = max(matches, key=lambda m: severity_rank(m.severity))
+    return top.category, severity
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """One rule that matched one event. Immutable: the engine hands out shared instances."""

@@ -77,6 +77,7 @@ from daemon.rules.pattern import AND_KEY, NOT_KEY, OR_KEY, RECORD_KEY, Pattern, 
 from daemon.rules.sigma_examples import candidate_events
 from daemon.rules.sigma_mapping import (
     CANONICAL_SIGMA_FIELDS,
+    CANONICAL_STRING_TWINS,
     CTS_FIELDS,
     DEFAULT_CATEGORY,
     DEFAULT_LEVEL_CATEGORIES,
@@ -227,7 +228,7 @@ def _value_alt(value: Any) -> dict[str, Any] | str:
 @dataclass(frozen=True, slots=True)
 class _Leaf:
     canonical: str | None  # a canonical field, or None for a record path
-    path: tuple[str, ...]
+    path: tuple[str, ...]  # the record path; () for service and operation
     alts: tuple[Any, ...]
 
 
@@ -241,22 +242,26 @@ class _Compiler:
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
         self.canonical = CANONICAL_SIGMA_FIELDS[fmt]
+        self.twins = CANONICAL_STRING_TWINS[fmt]
 
-    def field(self, name: str) -> tuple[str | None, tuple[str, ...]]:
+    def field(self, name: str, alt: Any = None) -> tuple[str | None, tuple[str, ...]]:
         if self.fmt == FORMAT_CTS:
             name = CTS_FIELDS.get(name, name)
         canon = self.canonical.get(name)
         if canon is not None:
             return canon, ()
+        twin = self.twins.get(name) if _string_comparison(alt) else None
         path = tuple(name.split("."))
         if not all(path):
             raise SigmaRefused(f"field name {name!r}")
-        return None, path
+        # A twin keeps its record path: the examples of a rule are records.
+        return twin, path
 
     def tree(self, node: Any) -> Any:
         if isinstance(node, ConditionFieldEqualsValueExpression):
-            canon, path = self.field(node.field)
-            return _Leaf(canon, path, (_value_alt(node.value),))
+            alt = _value_alt(node.value)
+            canon, path = self.field(node.field, alt)
+            return _Leaf(canon, path, (alt,))
         if isinstance(node, ConditionValueExpression):
             raise SigmaRefused("keywords (a value without a field)")
         if isinstance(node, ConditionAND):
@@ -266,6 +271,26 @@ class _Compiler:
         if isinstance(node, ConditionNOT):
             return _Bool("not", tuple(self.tree(a) for a in node.args))
         raise SigmaRefused(f"condition element {type(node).__name__}")
+
+
+def _string_comparison(alt: Any) -> bool:
+    """True if the alternative can only match a non-empty string (or a CIDR's address).
+
+    Such a comparison has the same outcome on a record field and on its canonical twin,
+    which differ only where the record's value is empty, missing or not a string.
+    """
+    if isinstance(alt, str):
+        return bool(alt)
+    if not isinstance(alt, dict) or len(alt) != 1:
+        return False
+    op, operand = next(iter(alt.items()))
+    if op == "cidr":
+        return True
+    if op not in ("equals-ignore-case", "prefix", "suffix", "contains"):
+        return False
+    if isinstance(operand, dict) and len(operand) == 1:
+        operand = operand.get("equals-ignore-case")
+    return isinstance(operand, str) and bool(operand)
 
 
 def _nest(path: tuple[str, ...], leaf: list[Any]) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def _witness(alt: Any) -> Any:
 
 
 def _leaf_paths(node: Any, fmt: str) -> tuple[str, ...]:
-    if node.canonical is None:
+    if node.canonical is None or node.path:
         return tuple(node.path)
     names = {"service": "eventSource", "operation": "eventName"}
     if fmt == FORMAT_CTS:

@@ -34,6 +34,30 @@ CANONICAL_SIGMA_FIELDS: Final[dict[str, dict[str, str]]] = {
     FORMAT_CTS: {"service_type": "service", "trace_name": "operation"},
 }
 
+# Fields whose canonical twin holds the same value whenever the record's is a non-empty
+# string (``daemon.events.canonicalise``): a string comparison with one reads the canonical
+# field, which costs no parse of the raw record and, for the cache key's fields (user_type,
+# trace_type, code), is decided once per key instead of per event. Comparisons that could
+# tell an empty or missing value apart (null, |exists, a regex) keep reading the record.
+# Names are after CTS_FIELDS for CTS rules.
+CANONICAL_STRING_TWINS: Final[dict[str, dict[str, str]]] = {
+    FORMAT_CLOUDTRAIL: {
+        "userIdentity.type": "user_type",
+        "eventType": "trace_type",
+        "sourceIPAddress": "source_ip",
+        "errorCode": "code",
+        "errorMessage": "error",
+        "awsRegion": "region",
+    },
+    FORMAT_CTS: {
+        "user.type": "user_type",
+        "trace_type": "trace_type",
+        "source_ip": "source_ip",
+        "code": "code",
+        "message": "error",
+    },
+}
+
 # CloudTrail field names accepted in CTS rules, and the CTS trace field each one reads.
 CTS_FIELDS: Final[dict[str, str]] = {
     "eventSource": "service_type",

@@ -272,3 +272,34 @@ def test_escaped_records_are_still_matched_when_the_raw_text_lacks_the_needle() 
     assert isinstance(event, Event)
     assert RuleEngine([rule], metrics=False).match(event)
     assert not _matches(rule, {**CT, "userAgent": "aws-cli"})
+
+
+def test_string_comparisons_of_fields_with_a_canonical_twin_read_the_canonical_field() -> None:
+    text = _sigma(
+        {
+            "root": {"userIdentity.type": "Root"},
+            "service_event": {"eventType": "AwsServiceEvent"},
+            "condition": "root and not service_event",
+        }
+    )
+    (rule,) = _compile(text).rules
+    # No record parse, and decided once per cache key: nothing left to check per event.
+    assert not rule.pattern.uses_record
+    engine = RuleEngine([rule], metrics=False)
+    root = {**CT, "userIdentity": {"type": "Root"}, "eventType": "AwsApiCall"}
+    (event,) = Decoder(max_event_bytes=1 << 20).decode(orjson.dumps(root))
+    assert isinstance(event, Event)
+    assert engine.match(event) and engine.checks_for(event.canonical) == 0
+    assert _matches(rule, {**root, "userIdentity": {"type": "root"}})  # Sigma is case-insensitive
+    assert not _matches(rule, {**root, "eventType": "AwsServiceEvent"})
+    assert not _matches(rule, {**root, "userIdentity": {"type": "IAMUser"}})
+
+
+def test_comparisons_that_tell_empty_from_missing_keep_reading_the_record() -> None:
+    # Canonical fields hold None for "" and for a missing field; null and |exists do not.
+    (rule,) = _compile(_sigma({"s": {"errorCode": None}, "condition": "s"})).rules
+    assert rule.pattern.uses_record
+    assert _matches(rule, CT)
+    assert not _matches(rule, {**CT, "errorCode": ""})
+    (rule,) = _compile(_sigma({"s": {"errorCode|exists": True}, "condition": "s"})).rules
+    assert rule.pattern.uses_record and _matches(rule, {**CT, "errorCode": ""})
