@@ -56,7 +56,7 @@ import orjson
 from daemon import telemetry
 from daemon.durable import atomic_write
 from daemon.events import CANONICAL_FIELDS, Event
-from daemon.rules.model import SEVERITIES, Match
+from daemon.rules.model import Match, classification_problems
 from daemon.rules.pattern import Pattern, PatternError, text_of
 from daemon.telemetry import get_logger
 from daemon.units import parse_duration
@@ -286,19 +286,8 @@ def parse_correlation(raw: Any, index: int, source: str, problems: list[str]) ->
     ):
         problems.append(f"{where}: id: required; letters, digits and . _ : - (up to 128 characters)")
     category = raw.get("category")
-    if (
-        not isinstance(category, str)
-        or not category
-        or not category[0].islower()
-        or not all(c.islower() or c.isdigit() or c == "_" for c in category)
-    ):
-        problems.append(
-            f"{where}: category: required; lower-case letters, digits and _ "
-            "(high_risk, cost_sensitive, service_sensitive, or your own)"
-        )
     severity = raw.get("severity")
-    if severity not in SEVERITIES:
-        problems.append(f"{where}: severity: expected one of {', '.join(SEVERITIES)}")
+    problems += classification_problems(raw, where)
     description = raw.get("description", "")
     if not isinstance(description, str):
         problems.append(f"{where}: description: expected a string")

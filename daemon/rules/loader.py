@@ -42,7 +42,7 @@ import yaml
 
 from daemon.rules.config import RulesConfig
 from daemon.rules.correlation import Correlation, check_references, parse_correlation
-from daemon.rules.model import SEVERITIES, Rule
+from daemon.rules.model import SEVERITIES, Rule, classification_problems
 from daemon.rules.pattern import Pattern, PatternError
 from daemon.rules.sigma import (
     BUILTIN_SOURCE,
@@ -59,7 +59,6 @@ from daemon.telemetry import get_logger
 log = get_logger("rules")
 
 _ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-_CATEGORY_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _RULE_KEYS: Final = ("id", "category", "severity", "description", "tags", "match", "examples")
 _FILE_KEYS: Final = ("rules", "correlations", "disable", "pack", "description")
 _PACKAGE: Final = "daemon.rules.packs"
@@ -115,14 +114,8 @@ def _parse_rule(raw: Any, index: int, source: str, problems: list[str]) -> Rule 
     if not isinstance(rule_id, str) or not _ID_RE.match(rule_id):
         problems.append(f"{where}: id: required; letters, digits and . _ : - (up to 128 characters)")
     category = raw.get("category")
-    if not isinstance(category, str) or not _CATEGORY_RE.match(category):
-        problems.append(
-            f"{where}: category: required; lower-case letters, digits and _ "
-            "(high_risk, cost_sensitive, service_sensitive, or your own)"
-        )
     severity = raw.get("severity")
-    if severity not in SEVERITIES:
-        problems.append(f"{where}: severity: expected one of {', '.join(SEVERITIES)}")
+    problems += classification_problems(raw, where)
     description = raw.get("description", "")
     if not isinstance(description, str):
         problems.append(f"{where}: description: expected a string")

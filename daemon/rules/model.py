@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -10,6 +11,23 @@ from daemon.rules.pattern import Pattern
 SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
 # The categories of the key-event practice; users may add their own next to these.
 KEY_CATEGORIES: Final = ("high_risk", "cost_sensitive", "service_sensitive")
+
+
+_CATEGORY_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def classification_problems(raw: dict[str, Any], where: str) -> list[str]:
+    """What is wrong with the ``category`` and ``severity`` of a rule or correlation document."""
+    problems = []
+    category = raw.get("category")
+    if not isinstance(category, str) or not _CATEGORY_RE.match(category):
+        problems.append(
+            f"{where}: category: required; lower-case letters, digits and _ "
+            "(high_risk, cost_sensitive, service_sensitive, or your own)"
+        )
+    if raw.get("severity") not in SEVERITIES:
+        problems.append(f"{where}: severity: expected one of {', '.join(SEVERITIES)}")
+    return problems
 
 
 def severity_rank(severity: str) -> int:

@@ -397,7 +397,8 @@ def _check_items(detection: SigmaDetection | SigmaDetectionItem) -> None:
             raise SigmaRefused(f"modifier |{name}")
 
 
-def _category(rule: SigmaRule, level: str | None, options: SigmaOptions) -> str:
+def category_of(rule: SigmaRule | SigmaCorrelationRule, level: str | None, options: SigmaOptions) -> str:
+    """The category of a Sigma rule or correlation: by level, then by tag, then the default."""
     if level is not None and level in options.level_categories:
         return options.level_categories[level]
     tags = {str(t).lower() for t in rule.tags}
@@ -454,7 +455,7 @@ def compile_rule(rule: SigmaRule, source: str, options: SigmaOptions, *, license
     attribution = f"Sigma rule by {author}" + (f", {licence}" if licence else "")
     return Rule(
         id=f"sigma.{rule.id}",
-        category=_category(rule, level, options),
+        category=category_of(rule, level, options),
         severity=severity,
         description=f"{rule.title}. Source: {_origin(source)} ({attribution}).",
         pattern=pattern,

@@ -45,7 +45,7 @@ from daemon.rules.correlation import (
     Step,
     needed_count,
 )
-from daemon.rules.sigma import Refusal, SigmaOptions, expand_paths
+from daemon.rules.sigma import Refusal, SigmaOptions, category_of, expand_paths
 from daemon.rules.sigma_mapping import CTS_FIELDS, LEVELS, LOGSOURCES
 
 _TYPES: dict[SigmaCorrelationType, CorrelationType] = {
@@ -70,15 +70,6 @@ class CorrelationImport:
     refused: list[Refusal] = field(default_factory=list)
     handled: list[Refusal] = field(default_factory=list)
 
-
-def _category(rule: SigmaCorrelationRule, level: str | None, options: SigmaOptions) -> str:
-    if level is not None and level in options.level_categories:
-        return options.level_categories[level]
-    tags = {str(t).lower() for t in rule.tags}
-    for tag, category in options.tag_categories.items():
-        if tag.lower() in tags:
-            return category
-    return options.default_category
 
 
 def _field(name: str, base: SigmaRule) -> FieldRef:
@@ -171,7 +162,7 @@ def compile_correlation(
     hides = () if rule.generate else tuple(s.rule for s in steps if s.rule is not None)
     return Correlation(
         id=f"sigma.{rule.id}",
-        category=_category(rule, level, options),
+        category=category_of(rule, level, options),
         severity=LEVELS.get(level or "medium", "medium"),
         description=f"{rule.title}. Source: {source} (Sigma correlation by {author}).",
         type=ctype,
