@@ -197,6 +197,7 @@ class Correlation:
             ],
             "span": self.timespan_ms,
             "needed": self.needed,
+            "scope": "tenant",  # group keys lead with the tenant: older state starts afresh
         }
         return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
@@ -556,10 +557,12 @@ class Correlator:
             if t is None:
                 t = event_time_ms(event)
             step = c.steps[matched[0]]
-            key = tuple(ref.value(event) for ref in step.group)
-            count = self._add(state, key, t, matched, event)
+            # Groups never span tenants: another tenant's events must neither complete a
+            # tenant's burst nor start the quiet time that would hide its real one.
+            group = tuple(ref.value(event) for ref in step.group)
+            count = self._add(state, (event.canonical.get("tenant"), *group), t, matched, event)
             if count is not None:
-                fired.append((c, key, count))
+                fired.append((c, group, count))
         return fired
 
     def _group(self, state: _State, key: tuple[str | None, ...]) -> _Group:

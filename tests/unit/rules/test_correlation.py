@@ -112,6 +112,18 @@ def test_groups_are_separate(ruleset: RuleSet) -> None:
     assert fired(ruleset, "e", mixed) == []
 
 
+def test_another_tenant_neither_completes_nor_silences_a_burst(ruleset: RuleSet) -> None:
+    def of(tenant: str, recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "eventID": f"{tenant}-{r['eventID']}", "recipientAccountId": tenant} for r in recs]
+
+    # Tenant 2's 19 failures from the same address do not make tenant 1's one a burst ...
+    assert fired(ruleset, "t1", of("2", failures(19, 1.0)) + of("1", failures(1, 0, start=19))) == []
+    # ... and tenant 2's own burst, sent first, does not start a quiet time over tenant 1's.
+    forged = of("2", failures(20, 0.5))
+    real = of("1", failures(20, 1.0, start=10))
+    assert fired(ruleset, "t2", forged + real) == [(19, BURST), (39, BURST)]
+
+
 def test_success_logins_do_not_count(ruleset: RuleSet) -> None:
     ok = [record("ConsoleLogin", i, n=i, responseElements={"ConsoleLogin": "Success"}) for i in range(30)]
     assert fired(ruleset, "f", ok) == []
