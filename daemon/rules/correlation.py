@@ -56,7 +56,7 @@ import orjson
 from daemon import telemetry
 from daemon.durable import atomic_write
 from daemon.events import CANONICAL_FIELDS, Event
-from daemon.rules.model import Match, classification_problems
+from daemon.rules.model import Match, header_problems
 from daemon.rules.pattern import Pattern, PatternError, text_of
 from daemon.telemetry import get_logger
 from daemon.units import parse_duration
@@ -77,7 +77,6 @@ MAX_FIRED: Final = 100_000
 SNAPSHOT_VERSION: Final = 1
 _SWEEP_EVERY: Final = 256
 _SHOWN_CHARS: Final = 200
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
 CORRELATION_KEYS: Final = (
     "id",
     "category",
@@ -275,23 +274,11 @@ def parse_correlation(raw: Any, index: int, source: str, problems: list[str]) ->
         else f"{source}: correlations[{index}]"
     )
     before = len(problems)
-    for key in raw:
-        if key not in CORRELATION_KEYS:
-            problems.append(f"{where}: {key}: unknown key (known: {', '.join(CORRELATION_KEYS)})")
-    if (
-        not isinstance(cid, str)
-        or not cid
-        or len(cid) > 128
-        or not set(cid) <= _ID_CHARS
-        or not cid[0].isalnum()
-    ):
-        problems.append(f"{where}: id: required; letters, digits and . _ : - (up to 128 characters)")
+    problems += header_problems(raw, where, CORRELATION_KEYS)
     category = raw.get("category")
     severity = raw.get("severity")
-    problems += classification_problems(raw, where)
     description = raw.get("description", "")
     if not isinstance(description, str):
-        problems.append(f"{where}: description: expected a string")
         description = ""
     tags = raw.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):

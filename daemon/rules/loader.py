@@ -31,7 +31,6 @@ Sigma files) merge the same way, by id, and the rules they name must be in force
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -42,7 +41,7 @@ import yaml
 
 from daemon.rules.config import RulesConfig
 from daemon.rules.correlation import Correlation, check_references, parse_correlation
-from daemon.rules.model import SEVERITIES, Rule, classification_problems
+from daemon.rules.model import SEVERITIES, Rule, header_problems
 from daemon.rules.pattern import Pattern, PatternError
 from daemon.rules.sigma import (
     BUILTIN_SOURCE,
@@ -58,7 +57,6 @@ from daemon.telemetry import get_logger
 
 log = get_logger("rules")
 
-_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _RULE_KEYS: Final = ("id", "category", "severity", "description", "tags", "match", "examples")
 _FILE_KEYS: Final = ("rules", "correlations", "disable", "pack", "description")
 _PACKAGE: Final = "daemon.rules.packs"
@@ -108,17 +106,10 @@ def _parse_rule(raw: Any, index: int, source: str, problems: list[str]) -> Rule 
     rule_id = raw.get("id")
     where = _where(source, rule_id, index)
     before = len(problems)
-    for key in raw:
-        if key not in _RULE_KEYS:
-            problems.append(f"{where}: {key}: unknown key (known: {', '.join(_RULE_KEYS)})")
-    if not isinstance(rule_id, str) or not _ID_RE.match(rule_id):
-        problems.append(f"{where}: id: required; letters, digits and . _ : - (up to 128 characters)")
+    problems += header_problems(raw, where, _RULE_KEYS)
     category = raw.get("category")
     severity = raw.get("severity")
-    problems += classification_problems(raw, where)
     description = raw.get("description", "")
-    if not isinstance(description, str):
-        problems.append(f"{where}: description: expected a string")
     tags = raw.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         problems.append(f"{where}: tags: expected a list of strings")

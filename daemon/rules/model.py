@@ -16,9 +16,16 @@ KEY_CATEGORIES: Final = ("high_risk", "cost_sensitive", "service_sensitive")
 _CATEGORY_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-def classification_problems(raw: dict[str, Any], where: str) -> list[str]:
-    """What is wrong with the ``category`` and ``severity`` of a rule or correlation document."""
-    problems = []
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def header_problems(raw: dict[str, Any], where: str, known: tuple[str, ...]) -> list[str]:
+    """What is wrong with the keys, ``id``, ``category``, ``severity`` and ``description``
+    of a rule or correlation document (the parts the two have in common)."""
+    problems = [f"{where}: {key}: unknown key (known: {', '.join(known)})" for key in raw if key not in known]
+    rule_id = raw.get("id")
+    if not isinstance(rule_id, str) or not _ID_RE.match(rule_id):
+        problems.append(f"{where}: id: required; letters, digits and . _ : - (up to 128 characters)")
     category = raw.get("category")
     if not isinstance(category, str) or not _CATEGORY_RE.match(category):
         problems.append(
@@ -27,6 +34,8 @@ def classification_problems(raw: dict[str, Any], where: str) -> list[str]:
         )
     if raw.get("severity") not in SEVERITIES:
         problems.append(f"{where}: severity: expected one of {', '.join(SEVERITIES)}")
+    if not isinstance(raw.get("description", ""), str):
+        problems.append(f"{where}: description: expected a string")
     return problems
 
 
