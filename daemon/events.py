@@ -66,6 +66,13 @@ CANONICAL_FIELDS: Final = (
     "format",
 )
 
+# Carried with the canonical fields for rules to read without parsing the record, but not
+# indexed or queried: values that are long or unbounded in variety. As ``_s`` renders
+# them, so a string comparison that cannot match "" has the same outcome on them as on
+# the record's value (a missing key in a journal entry written before they existed is
+# filled on read, see Entry.canonical).
+MATCH_FIELDS: Final = ("user_agent", "user_arn")
+
 Canonical = dict[str, str | None]
 
 KIND_EVENT: Final = 0x45  # "E"
@@ -370,6 +377,8 @@ def canonical_cloudtrail(rec: dict[str, Any]) -> Canonical | str:
         "tenant": _s(rec.get("recipientAccountId") or ident.get("accountId")),
         "region": _s(rec.get("awsRegion")),
         "format": FORMAT_CLOUDTRAIL,
+        "user_agent": _s(rec.get("userAgent")),
+        "user_arn": _s(arn),
     }
 
 
@@ -413,6 +422,8 @@ def canonical_cts(trace: dict[str, Any]) -> Canonical | str:
         "tenant": _s(trace.get("project_id") or trace.get("domain_id") or domain.get("id")),
         "region": _s(region),
         "format": FORMAT_CTS,
+        "user_agent": _s(trace.get("user_agent")),
+        "user_arn": None,
     }
 
 
@@ -668,7 +679,10 @@ class Entry:
     @property
     def canonical(self) -> Canonical:
         if self._canonical is None:
-            self._canonical = self._load_meta()["c"]
+            canonical: Canonical = self._load_meta()["c"]
+            if canonical and MATCH_FIELDS[0] not in canonical:
+                _add_match_fields(canonical, self.record)
+            self._canonical = canonical
         return self._canonical
 
     @property
@@ -678,6 +692,17 @@ class Entry:
 
     def event(self) -> Event:
         return Event(self.record, self.canonical, self.received_ms, self.source, offset=self.offset)
+
+
+def _add_match_fields(canonical: Canonical, record: bytes) -> None:
+    """Fill MATCH_FIELDS into the canonical fields of an entry written before they existed."""
+    try:
+        obj = loads_record(record)
+    except ValueError:
+        obj = None
+    fresh = canonicalise(obj) if isinstance(obj, dict) else None
+    for name in MATCH_FIELDS:
+        canonical[name] = fresh.get(name) if isinstance(fresh, dict) else None
 
 
 def event_header(payload: bytes) -> tuple[int, bytes, bytes, bytes, bytes, int]:

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from daemon.events import Event
 from daemon.rules.model import Match, Rule
-from daemon.rules.pattern import Pattern
+from daemon.rules.pattern import Needles, Pattern
 from daemon.telemetry import RULE_MATCH_SECONDS, RULE_MATCHES, RULES_LOADED
 
 # Fields worth indexing by exact value when a rule names no operation or service:
@@ -64,9 +64,12 @@ class _Candidate:
     uses_record: bool
     static: bool  # the outcome depends on key fields only: decided once per cache key
     match: Match
-    # Lower-cased text one of which the raw record must hold (Pattern.needles): a record
-    # without any is not parsed for this rule.
-    needles: tuple[bytes, ...] | None = None
+    # Text one of which the raw record must hold (Pattern.needles): a record without any
+    # is not parsed for this rule.
+    needles: Needles | None = None
+    # (canonical field, [(text, folded)]): the field's value holds one of the texts (as it
+    # is, or lower-cased when folded) whenever the rule matches; a missing value never does.
+    gate: tuple[str, tuple[tuple[str, bool], ...]] | None = None
 
 
 def _exact_strings(pattern: Pattern, key: str) -> frozenset[str] | None:
@@ -142,7 +145,14 @@ class RuleEngine:
         if static and residual is not None:
             self._static_fields |= residual.fields
         needles = residual.needles if residual is not None and uses_record else None
-        return _Candidate(order, residual, uses_record, static, rule.match, needles)
+        gate = None
+        if residual is not None and not static:
+            # A field outside the key: key fields are decided once per key anyway.
+            gates = [(f, n) for f, n in residual.field_needles.items() if f not in _KEY_SET]
+            if gates:
+                field, best = min(gates, key=lambda g: (len(g[1]), -min(len(x.text) for x in g[1])))
+                gate = (field, tuple((n.text.decode(), n.folded) for n in best))
+        return _Candidate(order, residual, uses_record, static, rule.match, needles, gate)
 
     def _file(self, order: int, rule: Rule) -> None:
         pattern = rule.pattern
@@ -294,16 +304,21 @@ class RuleEngine:
             return out
         pending = self._pending
         record: Mapping[str, Any] | None = None
-        lowered: bytes | None = None
+        shape = -1
         for cand in cands:
             residual = cand.residual
             if residual is not None:
+                gate = cand.gate
+                if gate is not None:
+                    value = canonical.get(gate[0])
+                    if value is None or not _text_holds(value, gate[1]):
+                        continue
                 if cand.uses_record:
                     needles = cand.needles
                     if needles is not None:
-                        if lowered is None:
-                            lowered = _searchable(event.record)
-                        if lowered and not any(n in lowered for n in needles):
+                        if shape < 0:
+                            shape = _shape(event.record)
+                        if shape and not _holds(event.record, shape, needles):
                             continue
                     if record is None:
                         record = _parsed(event)
@@ -368,20 +383,86 @@ def _guard_preference(item: tuple[str, Any]) -> tuple[int, str]:
     return (0 if item[0] in ("code", "error") else 1, item[0])
 
 
-def _searchable(raw: bytes) -> bytes:
-    """The raw record lower-cased for needle checks; empty when they would not be sound.
+# _shape() bits: needles can be checked at all; the record is ASCII; it holds no backslash.
+_SOUND: Final = 1
+_ASCII: Final = 2
+_PLAIN: Final = 4
+_SPACE: Final = b" \t\r\n"
 
-    A needle is plain ASCII text; it is missing from a record that holds the value
-    only when the value is spelt with \\u or \\/ escapes, or through a non-ASCII
-    character that lower-cases to ASCII (the Kelvin sign): such records are always parsed.
+
+def _shape(raw: bytes) -> int:
+    """What the needle checks may assume about a raw record (0: nothing, parse it).
+
+    A needle is plain ASCII text; it is missing from a record that holds the value only
+    when the value is spelt with \\u or \\/ escapes, or, for a case-insensitive needle,
+    through a non-ASCII character that lower-cases to ASCII (the Kelvin sign).
     """
-    if not raw.isascii():
-        return b""
     # find() of one byte is a memchr: most records hold no backslash at all, and only
     # those that do pay for the two substring scans.
-    if raw.find(b"\\") >= 0 and (b"\\u" in raw or b"\\/" in raw):
-        return b""
-    return raw.lower()
+    if raw.find(b"\\") < 0:
+        return _SOUND | _PLAIN | (_ASCII if raw.isascii() else 0)
+    if b"\\u" in raw or b"\\/" in raw:
+        return 0
+    return _SOUND | (_ASCII if raw.isascii() else 0)
+
+
+def _text_holds(value: str, texts: tuple[tuple[str, bool], ...]) -> bool:
+    # A loop, not any(): a generator costs more than the check on every event.
+    for text, folded in texts:  # noqa: SIM110
+        if text in (value.lower() if folded else value):
+            return True
+    return False
+
+
+def _holds(raw: bytes, shape: int, needles: Needles) -> bool:
+    """False only if the record holds none of the needles (so the rule cannot match)."""
+    lowered: bytes | None = None
+    for needle in needles:
+        if not needle.folded:
+            if needle.text in raw:
+                return True
+        elif not shape & _ASCII:
+            return True
+        elif needle.key and shape & _PLAIN:
+            # Lower-casing a whole record costs more than finding the key and folding its
+            # value; without a backslash a string value ends at the next quote.
+            if _in_values(raw, needle.key, needle.text):
+                return True
+        else:
+            if lowered is None:
+                lowered = raw.lower()
+            if needle.text in lowered:
+                return True
+    return False
+
+
+def _in_values(raw: bytes, key: bytes, text: bytes) -> bool:
+    """True if some value of ``key`` (quoted) holds ``text`` ignoring case, or is not a string.
+
+    Only for records without a backslash: a quote then always ends a string, so a quoted
+    key followed by a colon is a key and its string value runs to the next quote.
+    """
+    n = len(raw)
+    start = 0
+    while True:
+        i = raw.find(key, start)
+        if i < 0:
+            return False
+        j = i + len(key)
+        while j < n and raw[j] in _SPACE:
+            j += 1
+        if j >= n or raw[j] != 0x3A:  # the key's text as a value, not a key
+            start = j
+            continue
+        j += 1
+        while j < n and raw[j] in _SPACE:
+            j += 1
+        if j >= n or raw[j] != 0x22:
+            return True  # an object, array, number...: the pattern decides
+        end = raw.find(b'"', j + 1)
+        if end < 0 or text in raw[j + 1 : end].lower():
+            return True
+        start = end + 1
 
 
 def _parsed(event: Event) -> Mapping[str, Any]:

@@ -52,7 +52,7 @@ from typing import Any, Final
 
 import orjson
 
-from daemon.events import CANONICAL_FIELDS
+from daemon.events import CANONICAL_FIELDS, MATCH_FIELDS
 
 RECORD_KEY: Final = "record"
 OR_KEY: Final = "$or"
@@ -457,17 +457,42 @@ _SAFE_RUN: Final = re.compile(r"[A-Za-z0-9 :._@=,+/-]{3,}")
 # Under `text`, numbers and containers are matched re-rendered (1.5 for 15e-1, no spaces
 # after ':'), so only what renders as in the raw bytes: letters, spaces and _ @ / -.
 _TEXT_RUN: Final = re.compile(r"[A-Za-z _@/-]{3,}")
-Needles = tuple[bytes, ...]
+# Keys a needle can be scoped to: they appear quoted as such in the raw bytes.
+_PLAIN_KEY: Final = re.compile(r"[A-Za-z0-9_.:@/-]+")
 
 
-def _literal_needle(text: str, runs_of: re.Pattern[str] = _SAFE_RUN) -> bytes | None:
+@dataclass(frozen=True, slots=True)
+class Needle:
+    """Text the raw record holds whenever a leaf matches.
+
+    ``folded``: the comparison ignores case, so ``text`` is lower-case and is looked for
+    in the lower-cased record; otherwise it is looked for as it is. ``key``: the quoted
+    JSON key (``b'"userAgent"'``) under which the value lies, at some depth, when known:
+    the engine may then look only inside the string values of that key (a value of any
+    other type counts as holding it). None: anywhere in the record.
+    """
+
+    text: bytes
+    folded: bool
+    key: bytes | None = None
+
+
+Needles = tuple[Needle, ...]
+
+
+def _literal_needle(text: str, folded: bool, runs_of: re.Pattern[str] = _SAFE_RUN) -> Needle | None:
     runs = runs_of.findall(text)
-    return max(runs, key=len).lower().encode() if runs else None
+    if not runs:
+        return None
+    longest: str = max(runs, key=len)
+    return Needle(longest.lower().encode() if folded else longest.encode(), folded)
 
 
-def _regex_needle(regex: str, runs_of: re.Pattern[str]) -> bytes | None:
+def _regex_needle(regex: str, runs_of: re.Pattern[str]) -> Needle | None:
     """A literal every match of a simple regex contains, or None."""
-    body = re.sub(r"^\(\?[a-zA-Z]+\)", "", regex)
+    flags = re.match(r"^\(\?([a-zA-Z]+)\)", regex)
+    folded = flags is not None and "i" in flags.group(1)
+    body = regex[flags.end() :] if flags is not None else regex
     if any(c in body for c in "|([{"):
         return None
     runs: list[str] = []
@@ -493,33 +518,37 @@ def _regex_needle(regex: str, runs_of: re.Pattern[str]) -> bytes | None:
             current.append(ch)
             i += 1
     runs.append("".join(current))
-    needles = [n for n in (_literal_needle(r, runs_of) for r in runs) if n is not None]
-    return max(needles, key=len) if needles else None
+    needles = [n for n in (_literal_needle(r, folded, runs_of) for r in runs) if n is not None]
+    return max(needles, key=lambda n: len(n.text)) if needles else None
 
 
-def _alt_needle(alt: Any, runs_of: re.Pattern[str]) -> bytes | None:
+def _alt_needle(alt: Any, runs_of: re.Pattern[str]) -> Needle | None:
     if isinstance(alt, str):
-        return _literal_needle(alt, runs_of)
+        return _literal_needle(alt, False, runs_of)
     if not isinstance(alt, dict) or len(alt) != 1:
         return None
     op, operand = next(iter(alt.items()))
     if op in ("prefix", "suffix", "contains", "equals-ignore-case"):
+        folded = op == "equals-ignore-case"
         if isinstance(operand, dict):
             operand = operand.get("equals-ignore-case")
-        return _literal_needle(operand, runs_of) if isinstance(operand, str) else None
+            folded = True
+        return _literal_needle(operand, folded, runs_of) if isinstance(operand, str) else None
     if op == "regex" and isinstance(operand, str):
         return _regex_needle(operand, runs_of)
     return None
 
 
 def _leaf_needles(values: list[Any], runs_of: re.Pattern[str] = _SAFE_RUN) -> Needles | None:
-    """One of these (lower-cased) is in the raw record whenever the leaf matches a value."""
-    out: list[bytes] = []
+    """One of these is in the raw record whenever the leaf matches a value."""
+    out: list[Needle] = []
     for alt in values:
         if isinstance(alt, dict) and len(alt) == 1 and "text" in alt and isinstance(alt["text"], list):
             inner = _leaf_needles(alt["text"], _TEXT_RUN)
             if inner is None:
                 return None
+            # A whole-value match renders objects and arrays, whose text is not a string
+            # value of the key; the engine counts any value that is not a string as a hit.
             out += inner
             continue
         needle = _alt_needle(alt, runs_of)
@@ -529,12 +558,20 @@ def _leaf_needles(values: list[Any], runs_of: re.Pattern[str] = _SAFE_RUN) -> Ne
     return tuple(out) if out else None
 
 
+def _scoped(needles: Needles | None, key: str) -> Needles | None:
+    """Leaf needles tied to the key whose value they are in (already scoped ones kept)."""
+    if needles is None or not _PLAIN_KEY.fullmatch(key):
+        return needles
+    quoted = f'"{key}"'.encode()
+    return tuple(Needle(n.text, n.folded, quoted) if n.key is None else n for n in needles)
+
+
 def _best(candidates: list[Needles | None]) -> Needles | None:
     """Of requirements that all hold, the most selective one (fewest, longest needles)."""
     known = [c for c in candidates if c is not None]
     if not known:
         return None
-    return min(known, key=lambda n: (len(n), -min(len(x) for x in n)))
+    return min(known, key=lambda n: (len(n), -min(len(x.text) for x in n)))
 
 
 def _union(branches: list[Needles | None]) -> Needles | None:
@@ -584,7 +621,10 @@ class _Object:
         self._ands = tuple(ands)
         self._nots = tuple(nots)
         self.needles: Needles | None = _best(
-            [getattr(check, "needles", None) for _, check in checks]
+            [
+                _scoped(check.needles, key) if isinstance(check, _Leaf) else getattr(check, "needles", None)
+                for key, check in checks
+            ]
             + [_union([b.needles for b in branches]) for branches in ors]
             + [a.needles for a in ands]
         )
@@ -658,6 +698,7 @@ class Pattern:
         "_nots",
         "_ors",
         "_record",
+        "field_needles",
         "fields",
         "leaves",
         "needles",
@@ -690,7 +731,7 @@ class Pattern:
                 ands += [Pattern(b, f"{sub}[{i}]") for i, b in enumerate(_and_list(value, sub))]
             elif key == NOT_KEY:
                 nots.append(Pattern(value, sub))
-            elif key in CANONICAL_FIELDS:
+            elif key in CANONICAL_FIELDS or key in MATCH_FIELDS:
                 if isinstance(value, dict):
                     raise PatternError(sub, "canonical fields are strings: expected a list of alternatives")
                 canon.append((key, _Leaf(value, sub, canonical=True)))
@@ -698,7 +739,8 @@ class Pattern:
                 raise PatternError(
                     sub,
                     f"unknown field {key!r}: top-level keys are canonical fields "
-                    f"({', '.join(CANONICAL_FIELDS)}), 'record' for the raw record, '$or', '$and' "
+                    f"({', '.join(CANONICAL_FIELDS + MATCH_FIELDS)}), 'record' for the raw record, "
+                    "'$or', '$and' "
                     "or '$not'",
                 )
         self._canon = tuple(canon)
@@ -707,6 +749,9 @@ class Pattern:
         self._nots = tuple(nots)
         self._record = record
         self.leaves: dict[str, _LeafInfo] = {k: leaf.info for k, leaf in canon}
+        # Per top-level canonical field, text its value holds whenever its leaf matches
+        # (such a leaf never matches a missing value): a cheap pre-check for the engine.
+        self.field_needles: dict[str, Needles] = {k: leaf.needles for k, leaf in canon if leaf.needles}
         nested = [p for b in ors for p in b] + ands + nots
         # Text the raw record must hold (lower-cased) for the pattern to match; None: no
         # such requirement. Lets the engine skip parsing records that cannot match.

@@ -286,6 +286,11 @@ def _string_comparison(alt: Any) -> bool:
     op, operand = next(iter(alt.items()))
     if op == "cidr":
         return True
+    if op == "regex":
+        try:
+            return isinstance(operand, str) and re.search(operand, "") is None
+        except re.error:
+            return False  # the pattern compiler refuses the rule with the reason
     if op not in ("equals-ignore-case", "prefix", "suffix", "contains"):
         return False
     if isinstance(operand, dict) and len(operand) == 1:

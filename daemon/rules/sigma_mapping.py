@@ -38,7 +38,8 @@ CANONICAL_SIGMA_FIELDS: Final[dict[str, dict[str, str]]] = {
 # string (``daemon.events.canonicalise``): a string comparison with one reads the canonical
 # field, which costs no parse of the raw record and, for the cache key's fields (user_type,
 # trace_type, code), is decided once per key instead of per event. Comparisons that could
-# tell an empty or missing value apart (null, |exists, a regex) keep reading the record.
+# tell an empty or missing value apart (null, |exists, a regex that matches "") keep
+# reading the record. user_agent and user_arn are match fields (daemon.events.MATCH_FIELDS).
 # Names are after CTS_FIELDS for CTS rules.
 CANONICAL_STRING_TWINS: Final[dict[str, dict[str, str]]] = {
     FORMAT_CLOUDTRAIL: {
@@ -48,6 +49,8 @@ CANONICAL_STRING_TWINS: Final[dict[str, dict[str, str]]] = {
         "errorCode": "code",
         "errorMessage": "error",
         "awsRegion": "region",
+        "userAgent": "user_agent",
+        "userIdentity.arn": "user_arn",
     },
     FORMAT_CTS: {
         "user.type": "user_type",
@@ -55,6 +58,7 @@ CANONICAL_STRING_TWINS: Final[dict[str, dict[str, str]]] = {
         "source_ip": "source_ip",
         "code": "code",
         "message": "error",
+        "user_agent": "user_agent",
     },
 }
 

@@ -108,7 +108,9 @@ def test_a_single_event_body_is_kept_like_an_ndjson_line() -> None:
     (ev,) = _ok(Decoder().decode(line))
     assert ev.record == line.strip()
     # Pretty-printed over several lines: stored compact, so a record stays one line.
-    pretty = json.dumps({"eventSource": "s3.amazonaws.com", "eventName": "DeleteBucket", "eventID": "p"}, indent=2)
+    pretty = json.dumps(
+        {"eventSource": "s3.amazonaws.com", "eventName": "DeleteBucket", "eventID": "p"}, indent=2
+    )
     (ev,) = _ok(Decoder().decode(pretty.encode()))
     assert ev.record == b'{"eventSource":"s3.amazonaws.com","eventName":"DeleteBucket","eventID":"p"}'
     # A CR inside the line would break one-record-per-line readers: re-serialised.
@@ -151,3 +153,24 @@ def test_journal_entry_roundtrip() -> None:
     assert entry.offset == 7 and entry.record == ev.record and entry.canonical == ev.canonical
     with pytest.raises(ValueError):
         decode_entry(0, b"Zjunk")
+
+
+def test_entries_written_before_the_match_fields_gain_them_on_read() -> None:
+    rec = {
+        "eventSource": "sts.amazonaws.com",
+        "eventName": "GetCallerIdentity",
+        "userAgent": "TruffleHog",
+        "userIdentity": {"arn": "arn:aws:sts::1:assumed-role/aws:ec2-instance/i-1"},
+    }
+    (ev,) = Decoder().decode(orjson.dumps(rec))
+    assert isinstance(ev, Event)
+    assert ev.canonical["user_agent"] == "TruffleHog"
+    assert ev.canonical["user_arn"] == rec["userIdentity"]["arn"]  # type: ignore[index]
+    # The previous version's entry: the same canonical fields without the match fields.
+    old = {k: v for k, v in ev.canonical.items() if k not in events.MATCH_FIELDS}
+    entry = decode_entry(0, encode_event(Event(ev.record, old, ev.received_ms)))
+    assert entry.canonical["user_agent"] == "TruffleHog"
+    assert entry.canonical["user_arn"] == rec["userIdentity"]["arn"]  # type: ignore[index]
+    # A new entry carries them and is not parsed for them.
+    new = decode_entry(0, encode_event(ev))
+    assert new.canonical == ev.canonical

@@ -16,7 +16,7 @@ from daemon.rules.config import RulesConfig
 from daemon.rules.engine import RuleEngine
 from daemon.rules.loader import RuleLoadError, load_rules, parse_rule_text
 from daemon.rules.model import Rule
-from daemon.rules.pattern import Pattern
+from daemon.rules.pattern import Needle, Pattern
 from daemon.rules.sigma import SigmaImport, SigmaOptions, compile_paths, compile_text, dedupe
 
 UUID = "6f2d3c1e-0000-4000-8000-00000000000"
@@ -265,13 +265,46 @@ def test_yaml_rules_gain_and_not_regex_contains_and_text() -> None:
 
 
 def test_escaped_records_are_still_matched_when_the_raw_text_lacks_the_needle() -> None:
-    (rule,) = _compile(_sigma({"s": {"userAgent|contains": "TruffleHog"}, "condition": "s"})).rules
-    assert rule.pattern.needles == (b"trufflehog",)
-    raw = orjson.dumps({**CT, "userAgent": "x"}).replace(b'"x"', b'"\\u0054ruffleHog/3"')
+    text = _sigma({"s": {"requestParameters.userName|contains": "TruffleHog"}, "condition": "s"})
+    (rule,) = _compile(text).rules
+    assert rule.pattern.needles == (Needle(b"trufflehog", True, b'"userName"'),)
+    raw = orjson.dumps({**CT, "requestParameters": {"userName": "x"}}).replace(
+        b'"x"', b'"\\u0054ruffleHog/3"'
+    )
     (event,) = Decoder(max_event_bytes=1 << 20).decode(raw)
     assert isinstance(event, Event)
     assert RuleEngine([rule], metrics=False).match(event)
-    assert not _matches(rule, {**CT, "userAgent": "aws-cli"})
+    assert not _matches(rule, {**CT, "requestParameters": {"userName": "aws-cli"}})
+
+
+def test_user_agent_and_arn_comparisons_read_the_match_fields() -> None:
+    text = _sigma(
+        {
+            "tool": {"userAgent": "TruffleHog"},
+            "imds": {"userIdentity.arn|re": ".+:assumed-role/aws:.+"},
+            "condition": "tool or imds",
+        }
+    )
+    (rule,) = _compile(text).rules
+    # No record parse: the decoder extracted both values where it parsed the record.
+    assert not rule.pattern.uses_record
+    assert _matches(rule, {**CT, "userAgent": "trufflehog"})  # Sigma equals ignore case
+    arn = "arn:aws:sts::111122223333:assumed-role/aws:ec2-instance/i-0abc"
+    assert _matches(rule, {**CT, "userIdentity": {"arn": arn}})
+    # |re is case-sensitive; the pre-check on the field must be too.
+    assert not _matches(rule, {**CT, "userIdentity": {"arn": arn.upper()}})
+    assert not _matches(
+        rule, {**CT, "userAgent": "aws-cli/2", "userIdentity": {"arn": "arn:aws:iam::1:user/x"}}
+    )
+    # As text, like the record comparison: a number or an object is matched rendered.
+    assert not _matches(rule, {**CT, "userAgent": 7})
+
+
+def test_a_regex_that_matches_the_empty_string_keeps_reading_the_record() -> None:
+    # The match field holds None for "" and for a missing key; the record tells them apart.
+    (rule,) = _compile(_sigma({"s": {"userAgent|re": "^$"}, "condition": "s"})).rules
+    assert rule.pattern.uses_record
+    assert _matches(rule, {**CT, "userAgent": ""})
 
 
 def test_string_comparisons_of_fields_with_a_canonical_twin_read_the_canonical_field() -> None:

@@ -154,3 +154,84 @@ def test_match_counts_reach_the_metrics_by_flush_and_periodically() -> None:
     assert _counter("metrics.r1") >= before + FLUSH_EVERY
     hist = REGISTRY.get_sample_value("trailkeeper_rule_match_seconds_count")
     assert hist and hist > 0
+
+
+NEEDLE_VALUES = [
+    "TruffleHog/3.1",
+    "trufflehog",
+    "TRUFFLEHOG",
+    "aws-cli/2",
+    "\u212aelvin truffle",  # the Kelvin sign lower-cases to an ASCII k
+    'say "trufflehog"',  # escaped quotes inside the value
+    "path\\to\\trufflehog",
+    "assumed-role/aws:x",
+    "ASSUMED-ROLE/AWS:x",
+    "",
+    7,
+    None,
+    ["a", "TruffleHog"],
+    {"userAgent": "trufflehog"},
+]
+
+
+def needle_record(rng: random.Random) -> dict[str, Any]:
+    rec: dict[str, Any] = {"eventSource": "sts.amazonaws.com", "eventName": "GetCallerIdentity"}
+    for key in ("userAgent", "note"):
+        if rng.random() < 0.7:
+            rec[key] = rng.choice(NEEDLE_VALUES)
+    if rng.random() < 0.5:
+        rec["requestParameters"] = {rng.choice(["userAgent", "arn", "x"]): rng.choice(NEEDLE_VALUES)}
+    if rng.random() < 0.3:
+        rec["userIdentity"] = {"arn": rng.choice(NEEDLE_VALUES)}
+    if rng.random() < 0.2:
+        rec["tag"] = "userAgent"  # the key's text as a value
+    return rec
+
+
+NEEDLE_PATTERNS: list[dict[str, Any]] = [
+    {"record": {"userAgent": [{"equals-ignore-case": "TruffleHog"}]}},
+    {"record": {"userAgent": [{"contains": {"equals-ignore-case": "trufflehog"}}]}},
+    {"record": {"userAgent": [{"text": [{"contains": {"equals-ignore-case": "trufflehog"}}]}]}},
+    {"record": {"userAgent": ["TruffleHog/3.1"]}},
+    {"record": {"requestParameters": {"userAgent": [{"regex": "(?i)truffle"}]}}},
+    {"record": {"userIdentity": {"arn": [{"regex": "assumed-role/aws:"}]}}},
+    {"record": {"userIdentity": {"arn": [{"text": [{"regex": "assumed-role/aws:"}]}]}}},
+    {"user_agent": [{"equals-ignore-case": "trufflehog"}]},
+    {"user_agent": [{"contains": {"equals-ignore-case": "TRUFFLE"}}]},
+    {"user_arn": [{"regex": "assumed-role/aws:"}]},
+]
+
+
+def test_needle_pre_checks_never_change_an_outcome() -> None:
+    # Raw-text and match-field pre-checks skip rules without parsing; whatever the value
+    # (escapes, quotes, non-ASCII, non-strings, the key's name as a value), the outcome
+    # is the one of checking the parsed record.
+    rng = random.Random(11)
+    rules = [rule(f"n{i}", p) for i, p in enumerate(NEEDLE_PATTERNS)]
+    engine = RuleEngine(rules, metrics=False)
+    hits = 0
+    for _ in range(3000):
+        ev = event(needle_record(rng))
+        expected = [r.id for r in rules if r.pattern.matches(ev.canonical, ev.parsed)]
+        hits += len(expected)
+        fresh = decode_entry(0, encode_event(ev)).event()
+        assert [m.rule for m in engine.match(fresh)] == expected, fresh.record
+    assert hits > 1000
+
+
+def test_a_needle_elsewhere_in_the_record_does_not_cost_a_parse() -> None:
+    engine = RuleEngine(
+        [rule("tool", {"record": {"userAgent": [{"equals-ignore-case": "TruffleHog"}]}})], metrics=False
+    )
+    elsewhere = event(
+        {
+            "eventSource": "s3.amazonaws.com",
+            "eventName": "GetObject",
+            "userAgent": "aws-cli/2",
+            "requestParameters": {"key": "tools/TruffleHog.tar"},
+        }
+    )
+    assert engine.match(elsewhere) == []
+    assert elsewhere._parsed is None
+    there = event({"eventSource": "s3.amazonaws.com", "eventName": "GetObject", "userAgent": "TRUFFLEHOG"})
+    assert [m.rule for m in engine.match(there)] == ["tool"]
