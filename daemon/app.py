@@ -28,6 +28,7 @@ from daemon.api.audit import Auditor
 from daemon.api.auth import Authenticator, Principal
 from daemon.api.cloudtrail import CloudTrailApi
 from daemon.api.cloudtrail_data import CloudTrailDataApi
+from daemon.api.cts import CtsApi
 from daemon.api.errors import JsonErrorAppRunner, json_app
 from daemon.api.routes import ApiGuard, ProofProvider, QueryApi
 from daemon.archive.archiver import Archiver, Delivery, Listener
@@ -235,6 +236,7 @@ class App:
             if self.index is not None:
                 QueryApi(self.index, self.guard, self.proof or self._proof).add_routes(api)
                 CloudTrailApi(self.index, self.guard).add_routes(api)
+                CtsApi(self.index, self.guard, c.trackers).add_routes(api)
             # Getters: reload replaces the notifier, and it starts after the listener.
             AdminApi(
                 self.guard,

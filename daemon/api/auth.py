@@ -47,7 +47,7 @@ from pydantic import (
     model_validator,
 )
 
-from daemon.api import sigv4
+from daemon.api import hwsign, sigv4
 from daemon.api.throttle import FailureThrottle, SourceResolver, parse_networks
 from daemon.intake import DEFAULT_AUDIT_TENANT
 from daemon.telemetry import get_logger
@@ -445,10 +445,12 @@ class Authenticator:
         headers: list[tuple[str, str]],
         body: bytes,
     ) -> Principal | AuthFailure:
-        """A SigV4-signed request (``Authorization: AWS4-HMAC-SHA256 ...``): the principal of its
-        access key when the signature, recomputed with that key's secret, matches."""
+        """A signed request: SigV4 (``Authorization: AWS4-HMAC-SHA256 ...``) or Huawei Cloud's
+        AK/SK signing (``SDK-HMAC-SHA256 ...``). The principal of its access key when the
+        signature, recomputed with that key's secret, matches."""
+        scheme: Any = hwsign if hwsign.is_hwsign(header) else sigv4
         try:
-            auth = sigv4.parse_authorization(header)
+            auth = scheme.parse_authorization(header)
         except sigv4.SignatureError as exc:
             return AuthFailure("no_token", exc.public)
         # The failure throttle keys unknown credentials by a digest, as for tokens.
@@ -456,12 +458,12 @@ class Authenticator:
         found = self._by_key_id.get(auth.access_key_id)
         if found is None:
             return AuthFailure(
-                "bad_token", _INVALID_KEY, f"unknown access key {auth.access_key_id[:128]}", digest=digest
+                "bad_token", scheme.MISMATCH, f"unknown access key {auth.access_key_id[:128]}", digest=digest
             )
         secret, principal = found
         try:
             now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
-            sigv4.verify(auth, secret, method, raw_path, raw_query, headers, body, now)
+            scheme.verify(auth, secret, method, raw_path, raw_query, headers, body, now)
         except sigv4.SignatureError as exc:
             return AuthFailure("bad_token", exc.public, f"{principal.name}: {exc}", digest=digest)
         return principal

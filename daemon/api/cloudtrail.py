@@ -87,7 +87,7 @@ def _epoch(value: Any, name: str) -> dt.datetime:
         raise AwsError(400, "InvalidTimeRangeException", f"{name} is out of range") from exc
 
 
-def _iso(when: dt.datetime) -> str:
+def iso_ms(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
@@ -210,10 +210,10 @@ class CloudTrailApi:
         if start is not None and end is not None and start > end:
             raise AwsError(400, "InvalidTimeRangeException", "StartTime must not be after EndTime")
         if start is not None:
-            params["start"] = _iso(start)
+            params["start"] = iso_ms(start)
         if end is not None:
             # CloudTrail's EndTime is inclusive, the index's end exclusive.
-            params["end"] = _iso(end + dt.timedelta(milliseconds=1))
+            params["end"] = iso_ms(end + dt.timedelta(milliseconds=1))
         token = doc.get("NextToken")
         if token is not None:
             if not isinstance(token, str) or not token or len(token) > MAX_CURSOR_CHARS:

@@ -24,7 +24,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from daemon import telemetry
-from daemon.api import sigv4
+from daemon.api import hwsign, sigv4
 from daemon.api.audit import Auditor
 from daemon.api.auth import Action, Authenticator, AuthFailure, Principal, RateLimiter
 from daemon.api.errors import error_response
@@ -146,7 +146,7 @@ class ApiGuard:
             return await handler(request, None)
         address = self.auth.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
         header = request.headers.get("Authorization")
-        if sigv4.is_sigv4(header):
+        if sigv4.is_sigv4(header) or hwsign.is_hwsign(header):
             assert header is not None
             # SigV4 signs the body: read it here (aiohttp keeps it for the handler).
             found = self.auth.authenticate_signed(
