@@ -48,6 +48,7 @@ from pydantic import (
 )
 
 from daemon.api import hwsign, sigv4
+from daemon.api.signing import SignatureError
 from daemon.api.throttle import FailureThrottle, SourceResolver, parse_networks
 from daemon.intake import DEFAULT_AUDIT_TENANT
 from daemon.telemetry import get_logger
@@ -451,7 +452,7 @@ class Authenticator:
         scheme: Any = hwsign if hwsign.is_hwsign(header) else sigv4
         try:
             auth = scheme.parse_authorization(header)
-        except sigv4.SignatureError as exc:
+        except SignatureError as exc:
             return AuthFailure("no_token", exc.public)
         # The failure throttle keys unknown credentials by a digest, as for tokens.
         digest = hash_token(f"sigv4:{auth.access_key_id}")
@@ -464,7 +465,7 @@ class Authenticator:
         try:
             now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
             scheme.verify(auth, secret, method, raw_path, raw_query, headers, body, now)
-        except sigv4.SignatureError as exc:
+        except SignatureError as exc:
             return AuthFailure("bad_token", exc.public, f"{principal.name}: {exc}", digest=digest)
         return principal
 

@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from daemon.api.auth import Principal
-from daemon.api.routes import ApiGuard, audit_info
+from daemon.api.routes import ApiGuard, audit_info, refusal_message
 from daemon.events import loads_record
 from daemon.index.base import IndexBackend, IndexUnavailable
 from daemon.index.query import MAX_CURSOR_CHARS, Query, QueryError
@@ -152,18 +152,13 @@ class CloudTrailApi:
                 f"{operation[:64]} is not supported; trailkeeper answers LookupEvents",
             )
         response = await handler(request)
-        if response.status >= 400 and response.content_type != CONTENT_TYPE:
+        message = refusal_message(response)
+        if message is not None:
             # A refusal of the guard (authentication, role, rate limit): in AWS's form.
-            assert isinstance(response, web.Response) and response.body is not None
-            try:
-                message = str(orjson.loads(bytes(response.body)).get("error", ""))  # type: ignore[arg-type]
-            except (orjson.JSONDecodeError, AttributeError):
-                message = ""
             kind = _GUARD_ERRORS.get(response.status, "InternalFailure")
             fixed = aws_error(response.status, kind, message or kind)
-            for name in ("Retry-After",):
-                if name in response.headers:
-                    fixed.headers[name] = response.headers[name]
+            if "Retry-After" in response.headers:
+                fixed.headers["Retry-After"] = response.headers["Retry-After"]
             return fixed
         return response
 

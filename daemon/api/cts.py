@@ -29,7 +29,7 @@ from aiohttp import web
 
 from daemon.api.auth import Principal
 from daemon.api.cloudtrail import iso_ms
-from daemon.api.routes import ApiGuard, audit_info
+from daemon.api.routes import ApiGuard, audit_info, refusal_message
 from daemon.config import TrackerConfig
 from daemon.events import loads_record
 from daemon.index.base import IndexBackend, IndexUnavailable
@@ -125,18 +125,14 @@ class CtsApi:
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def wrapped(request: web.Request) -> web.Response:
             response = await handler(request)
-            if response.status >= 400 and response.content_type == "application/json":
-                assert isinstance(response, web.Response) and response.body is not None
-                try:
-                    doc = orjson.loads(bytes(response.body))  # type: ignore[arg-type]
-                except orjson.JSONDecodeError:
-                    doc = {}
-                if isinstance(doc, dict) and "error_code" not in doc:
-                    code = _GUARD_ERRORS.get(response.status, "CTS.0500")
-                    fixed = cts_error(response.status, code, str(doc.get("error", "")) or code)
-                    if "Retry-After" in response.headers:
-                        fixed.headers["Retry-After"] = response.headers["Retry-After"]
-                    return fixed
+            message = refusal_message(response)
+            if message is not None:
+                # A refusal of the guard (authentication, role, rate limit): in CTS's form.
+                code = _GUARD_ERRORS.get(response.status, "CTS.0500")
+                fixed = cts_error(response.status, code, message or code)
+                if "Retry-After" in response.headers:
+                    fixed.headers["Retry-After"] = response.headers["Retry-After"]
+                return fixed
             return response
 
         return wrapped

@@ -20,20 +20,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from daemon.api.sigv4 import SignatureError
+from daemon.api.signing import SignatureError, header_fields, signed_headers, uses
 
 ALGORITHM = "SDK-HMAC-SHA256"
 MAX_SKEW = dt.timedelta(minutes=15)
 DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 
 MISMATCH = "the request signature does not match; check the access key (AK) and the secret key (SK)"
-
-_FIELD = re.compile(r"^\s*(Access|SignedHeaders|Signature)\s*=\s*(\S+?)\s*$")
-
 
 @dataclass(frozen=True, slots=True)
 class Authorization:
@@ -45,30 +41,13 @@ class Authorization:
 
 
 def is_hwsign(header: str | None) -> bool:
-    return bool(header) and header.lstrip().startswith(ALGORITHM + " ")  # type: ignore[union-attr]
+    return uses(header, ALGORITHM)
 
 
 def parse_authorization(header: str) -> Authorization:
     """Raises SignatureError when the header is not a well-formed SDK-HMAC-SHA256 one."""
-    scheme, _, rest = header.strip().partition(" ")
-    if scheme != ALGORITHM:
-        raise SignatureError(f"the Authorization header must use {ALGORITHM}")
-    fields: dict[str, str] = {}
-    for part in rest.split(","):
-        m = _FIELD.match(part)
-        if m is None or m.group(1) in fields:
-            raise SignatureError("the Authorization header is malformed")
-        fields[m.group(1)] = m.group(2)
-    if set(fields) != {"Access", "SignedHeaders", "Signature"}:
-        raise SignatureError("the Authorization header needs Access, SignedHeaders and Signature")
-    signed = tuple(fields["SignedHeaders"].split(";"))
-    if list(signed) != sorted(set(signed)) or any(h != h.lower() or not h for h in signed):
-        raise SignatureError("SignedHeaders must be lower-case names, sorted, without repeats")
-    for required in ("host", "x-sdk-date"):
-        if required not in signed:
-            raise SignatureError(f"the {required} header must be signed")
-    if not re.fullmatch(r"[0-9a-f]{64}", fields["Signature"]):
-        raise SignatureError("the signature must be 64 lower-case hex digits")
+    fields = header_fields(header, ALGORITHM, ("Access", "SignedHeaders", "Signature"))
+    signed = signed_headers(fields["SignedHeaders"], ("host", "x-sdk-date"))
     return Authorization(fields["Access"], signed, fields["Signature"])
 
 

@@ -67,6 +67,22 @@ def error(status: int, message: str, headers: dict[str, str] | None = None, **ex
     return error_response(status, message, headers, **extra)
 
 
+def refusal_message(response: web.StreamResponse) -> str | None:
+    """The message of one of the guard's own refusals (``{"error": ...}``), else None.
+
+    For APIs that answer in another service's error form (CloudTrail's, CTS's).
+    """
+    if response.status < 400 or not isinstance(response, web.Response) or response.body is None:
+        return None
+    try:
+        doc = orjson.loads(bytes(response.body))  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or "error" not in doc:
+        return None
+    return str(doc["error"])
+
+
 def load_openapi() -> dict[str, Any]:
     """The OpenAPI document kept in the repository (daemon/api/openapi.yaml)."""
     text = resources.files("daemon.api").joinpath("openapi.yaml").read_text(encoding="utf-8")

@@ -22,21 +22,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from daemon.api.signing import SignatureError, header_fields, signed_headers, uses
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_SKEW = dt.timedelta(minutes=15)  # AWS's own window for a signed request's time
 
 MISMATCH = "the request signature does not match; check the access key id and the secret access key"
 
 _SPACES = re.compile(r"\s+")
-_FIELD = re.compile(r"^\s*(Credential|SignedHeaders|Signature)\s*=\s*(\S+?)\s*$")
-
-
-class SignatureError(ValueError):
-    """Why a signed request does not verify. ``public`` is what the caller may be told."""
-
-    def __init__(self, public: str, detail: str | None = None) -> None:
-        super().__init__(detail or public)
-        self.public = public
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,32 +45,16 @@ class Authorization:
 
 
 def is_sigv4(header: str | None) -> bool:
-    return bool(header) and header.lstrip().startswith(ALGORITHM + " ")  # type: ignore[union-attr]
+    return uses(header, ALGORITHM)
 
 
 def parse_authorization(header: str) -> Authorization:
     """Raises SignatureError when the header is not a well-formed SigV4 authorization."""
-    scheme, _, rest = header.strip().partition(" ")
-    if scheme != ALGORITHM:
-        raise SignatureError(f"the Authorization header must use {ALGORITHM}")
-    fields: dict[str, str] = {}
-    for part in rest.split(","):
-        m = _FIELD.match(part)
-        if m is None:
-            raise SignatureError("the Authorization header is malformed")
-        fields[m.group(1)] = m.group(2)
-    if set(fields) != {"Credential", "SignedHeaders", "Signature"}:
-        raise SignatureError("the Authorization header needs Credential, SignedHeaders and Signature")
+    fields = header_fields(header, ALGORITHM, ("Credential", "SignedHeaders", "Signature"))
     scope = fields["Credential"].split("/")
     if len(scope) != 5 or scope[4] != "aws4_request" or not all(scope):
         raise SignatureError("the credential scope must be <key id>/<date>/<region>/<service>/aws4_request")
-    signed = tuple(fields["SignedHeaders"].split(";"))
-    if list(signed) != sorted(set(signed)) or any(h != h.lower() or not h for h in signed):
-        raise SignatureError("SignedHeaders must be lower-case names, sorted, without repeats")
-    if "host" not in signed:
-        raise SignatureError("the host header must be signed")
-    if not re.fullmatch(r"[0-9a-f]{64}", fields["Signature"]):
-        raise SignatureError("the signature must be 64 lower-case hex digits")
+    signed = signed_headers(fields["SignedHeaders"], ("host",))
     return Authorization(scope[0], scope[1], scope[2], scope[3], signed, fields["Signature"])
 
 

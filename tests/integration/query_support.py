@@ -173,3 +173,20 @@ def stratus_records() -> list[dict[str, Any]]:
 
 def ndjson(records: list[dict[str, Any]]) -> bytes:
     return b"\n".join(orjson.dumps(r) for r in records) + b"\n"
+
+
+async def ingest_and_wait(app: App, token: str, records: list[dict[str, Any]], timeout: float = 30) -> None:
+    """POST the records as NDJSON with ``token`` and wait until the index holds that many."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"http://127.0.0.1:{app.http_port}/v1/events",
+            data=ndjson(records),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"},
+        ) as r,
+    ):
+        assert r.status == 202, await r.text()
+    assert app.index is not None
+    async with asyncio.timeout(timeout):
+        while await app.index.count() < len(records):
+            await asyncio.sleep(0.1)

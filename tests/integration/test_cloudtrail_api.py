@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
 from daemon.api import sigv4
@@ -28,6 +27,7 @@ from daemon.config import parse_config
 from daemon.index.query import Query
 from tests.conftest import base_config_text, read_archive
 from tests.deploytools import cached_venv
+from tests.integration.query_support import ingest_and_wait
 
 pytestmark = pytest.mark.integration
 
@@ -76,20 +76,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[App, list[dict[str, Any]
         rec = dict(rec)
         rec["recipientAccountId"] = "tenant-a" if i % 2 == 0 else "tenant-b"
         sent.append(rec)
-    body = b"\n".join(orjson.dumps(r) for r in sent)
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            f"http://127.0.0.1:{app.http_port}/v1/events",
-            data=body,
-            headers={"Authorization": f"Bearer {PRODUCER}", "Content-Type": "application/x-ndjson"},
-        ) as r,
-    ):
-        assert r.status == 202, await r.text()
-    assert app.index is not None
-    async with asyncio.timeout(30):
-        while await app.index.count() < len(sent):
-            await asyncio.sleep(0.1)
+    await ingest_and_wait(app, PRODUCER, sent)
     try:
         yield app, sent
     finally:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
 from daemon.api import hwsign
@@ -27,6 +26,7 @@ from daemon.app import App
 from daemon.config import parse_config
 from tests.conftest import base_config_text
 from tests.deploytools import cached_venv
+from tests.integration.query_support import ingest_and_wait
 
 pytestmark = pytest.mark.integration
 
@@ -94,19 +94,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[App, list[dict[str, Any]
     app = App(parse_config(base_config_text(tmp_path, auth=keys)))
     await app.start()
     sent = traces()
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            f"http://127.0.0.1:{app.http_port}/v1/events",
-            data=b"\n".join(orjson.dumps(t) for t in sent),
-            headers={"Authorization": f"Bearer {PRODUCER}", "Content-Type": "application/x-ndjson"},
-        ) as r,
-    ):
-        assert r.status == 202, await r.text()
-    assert app.index is not None
-    async with asyncio.timeout(30):
-        while await app.index.count() < len(sent):
-            await asyncio.sleep(0.1)
+    await ingest_and_wait(app, PRODUCER, sent)
     try:
         yield app, sent
     finally:
@@ -211,6 +199,14 @@ async def test_wrong_secret_and_another_project_are_refused(daemon: tuple[App, l
     assert ids(admin_b) == want(sent, PROJECT_B)
     refused = await sdk(app, AUDITOR_A, PROJECT_A, trace_type="system", access_key_id="AK1")
     assert refused.get("status") == 400 and "access_key_id" in refused["error_msg"]
+    # An anonymous caller, and a producer (which may send to every tenant) reading: refused,
+    # in CTS's error form.
+    url = f"http://127.0.0.1:{app.http_port}/v3/{PROJECT_A}/traces?trace_type=system"
+    async with aiohttp.ClientSession() as s:
+        for headers, status in (({}, 401), ({"Authorization": f"Bearer {PRODUCER}"}, 403)):
+            async with s.get(url, headers=headers) as r:
+                body = await r.json()
+                assert r.status == status and body["error_code"].startswith("CTS."), body
 
 
 async def test_list_trackers_names_the_configured_trackers(daemon: tuple[App, list[dict[str, Any]]]) -> None:
